@@ -1,0 +1,3 @@
+"""kdpipe: knowledge-distillation experiments as a reproducible pipeline."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Data: download and verify raw archives, generate offline sets, write prepared tensors."""

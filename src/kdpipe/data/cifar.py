@@ -1,0 +1,84 @@
+"""Real CIFAR-10 / CIFAR-100 from the official "python version" archives.
+
+The archives hold pickled dicts (``data``: uint8 N x 3072, ``labels`` or ``fine_labels``).
+They are read with an unpickler that only admits the numpy types those pickles use, so a
+tampered archive from a mirror cannot run code.
+"""
+
+import io
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kdpipe.data.archive import ArchiveError, safe_extract
+from kdpipe.data.prepared import save_split
+
+# Official archives (torchvision/datasets/cifar.py); a config may point at a mirror instead.
+SOURCES = {
+    "cifar10": {
+        "url": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+        "md5": "c58f30108f718f92721af3b95e74349a",
+        "folder": "cifar-10-batches-py",
+        "train": [f"data_batch_{i}" for i in range(1, 6)],
+        "test": ["test_batch"],
+        "meta": ("batches.meta", "label_names"),
+        "label_key": "labels",
+    },
+    "cifar100": {
+        "url": "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+        "md5": "eb9058c3a382ffc7106e4002c42a8d85",
+        "folder": "cifar-100-python",
+        "train": ["train"],
+        "test": ["test"],
+        "meta": ("meta", "fine_label_names"),
+        "label_key": "fine_labels",
+    },
+}
+
+_ALLOWED_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("_codecs", "encode"),
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) in _ALLOWED_GLOBALS:
+            return super().find_class(module, name)
+        raise ArchiveError(f"refusing to unpickle {module}.{name}: not part of a CIFAR batch")
+
+
+def _load_batch(path: Path) -> dict:
+    with open(path, "rb") as fh:
+        raw = _RestrictedUnpickler(io.BufferedReader(fh), encoding="latin1").load()
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in raw.items()}
+
+
+def _read_split(folder: Path, files: list[str], label_key: str) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = [], []
+    for name in files:
+        batch = _load_batch(folder / name)
+        images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        labels.append(np.asarray(batch[label_key], dtype=np.int64))
+    return torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels))
+
+
+def prepare_cifar(kind: str, archive: str | Path, *, train_out: str | Path, test_out: str | Path) -> None:
+    """Unpack ``archive`` beside itself (``extracted/``) and write the prepared train and test splits."""
+    spec = SOURCES[kind]
+    extracted = safe_extract(archive, Path(archive).parent / "extracted")
+    folder = extracted / spec["folder"]
+    if not folder.is_dir():
+        raise ArchiveError(f"{archive} does not contain {spec['folder']}/: is it the {kind} python archive?")
+    meta_file, meta_key = spec["meta"]
+    classes = [c.decode() if isinstance(c, bytes) else c for c in _load_batch(folder / meta_file)[meta_key]]
+    for split, out in (("train", train_out), ("test", test_out)):
+        images, labels = _read_split(folder, spec[split], spec["label_key"])
+        save_split(out, images, labels, classes)

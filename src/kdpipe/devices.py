@@ -1,0 +1,115 @@
+"""Which device a training job runs on, and one GPU per concurrent job.
+
+Snakemake's ``--resources gpu=N`` only caps how many GPU jobs run at once; it does not tell a
+job which GPU is free (snakemake/snakemake#281). So each job claims one of the visible GPUs
+with an exclusive ``flock`` on a per-GPU lock file, held for the job's whole life and released
+by the kernel even when the job is killed. Under a scheduler that sets CUDA_VISIBLE_DEVICES
+per job (SLURM), the scheduler already isolates jobs and no lock is taken.
+
+``KDPIPE_SIMULATED_GPUS="0,1"`` makes the claim logic run on a machine with no GPU: jobs
+claim simulated ids and train on the CPU. Tests use it to check that concurrent jobs never
+share a device.
+"""
+
+import fcntl
+import os
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+SIMULATED_ENV = "KDPIPE_SIMULATED_GPUS"
+LOCK_DIR_ENV = "KDPIPE_GPU_LOCK_DIR"
+
+
+@dataclass(frozen=True)
+class Placement:
+    device: torch.device  # where tensors go
+    name: str  # what the report shows: "cpu", "cuda:1 (NVIDIA H100)", "cuda:1 (simulated)"
+    gpu_id: str | None  # the claimed GPU id as the machine names it, if any
+
+
+def default_lock_dir() -> Path:
+    return Path(os.environ.get(LOCK_DIR_ENV) or Path(tempfile.gettempdir()) / "kdpipe-gpu-locks")
+
+
+def simulated_gpu_ids() -> list[str]:
+    raw = os.environ.get(SIMULATED_ENV, "").strip()
+    return [x.strip() for x in raw.split(",") if x.strip()]
+
+
+def visible_gpu_ids() -> list[str]:
+    """GPU ids this process may use, as CUDA_VISIBLE_DEVICES names them when it is set."""
+    simulated = simulated_gpu_ids()
+    if simulated:
+        return simulated
+    if not torch.cuda.is_available():
+        return []
+    raw = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+    ids = [x.strip() for x in raw.split(",") if x.strip()] if raw else []
+    count = torch.cuda.device_count()
+    return ids[:count] if ids else [str(i) for i in range(count)]
+
+
+@contextmanager
+def claim_gpu(ids: list[str], lock_dir: str | os.PathLike | None = None, poll_s: float = 0.2):
+    """Hold an exclusive lock on one of ``ids``; yield ``(index_in_ids, id)``. Waits when all are taken."""
+    if not ids:
+        raise ValueError("no GPU ids to claim from")
+    lock_dir = Path(lock_dir or default_lock_dir())
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    waited = False
+    while True:
+        for index, gpu_id in enumerate(ids):
+            fh = open(lock_dir / f"gpu-{gpu_id}.lock", "a+")
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.close()
+                continue
+            try:
+                fh.seek(0)
+                fh.truncate()
+                fh.write(f"{os.getpid()}\n")
+                fh.flush()
+                yield index, gpu_id
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+                fh.close()
+            return
+        if not waited:
+            print(f"kdpipe: all GPUs {ids} are busy; waiting for one to free up", file=sys.stderr)
+            waited = True
+        time.sleep(poll_s)
+
+
+def _under_scheduler() -> bool:
+    return "SLURM_JOB_ID" in os.environ and "CUDA_VISIBLE_DEVICES" in os.environ
+
+
+@contextmanager
+def placement(requested: str = "auto", lock_dir: str | os.PathLike | None = None):
+    """Yield the Placement for a job asking for ``auto``, ``cpu`` or ``cuda``."""
+    if requested not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, got {requested!r}")
+    ids = visible_gpu_ids() if requested != "cpu" else []
+    if requested == "cuda" and not ids:
+        raise RuntimeError("config asks for device: cuda, but no CUDA device is visible to this job")
+    if not ids:
+        yield Placement(torch.device("cpu"), "cpu", None)
+        return
+    simulated = bool(simulated_gpu_ids())
+    if _under_scheduler() and not simulated:
+        torch.cuda.set_device(0)
+        yield Placement(torch.device("cuda", 0), f"cuda:{ids[0]} ({torch.cuda.get_device_name(0)})", ids[0])
+        return
+    with claim_gpu(ids, lock_dir) as (index, gpu_id):
+        if simulated:
+            yield Placement(torch.device("cpu"), f"cuda:{gpu_id} (simulated)", gpu_id)
+        else:
+            torch.cuda.set_device(index)
+            yield Placement(torch.device("cuda", index), f"cuda:{gpu_id} ({torch.cuda.get_device_name(index)})", gpu_id)

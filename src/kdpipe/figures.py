@@ -1,0 +1,72 @@
+"""Figures (matplotlib, PNG): what the tables say, as pictures."""
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from kdpipe.plan import METHOD_LABELS  # noqa: E402
+from kdpipe.tables import pair_members  # noqa: E402
+
+COLOURS = {"teacher": "#4d4d4d", "alone": "#1f77b4", "kd_soft": "#d62728", "kd_hard": "#ff7f0e"}
+
+
+def kd_accuracy_bars(summary: pd.DataFrame, path) -> None:
+    """Best- and last-epoch top-1 per method, mean over seeds with ± std error bars."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    methods = list(summary["method"])
+    width = 0.38
+    for k, (when, hatch) in enumerate((("best", ""), ("last", "//"))):
+        xs = [i + (k - 0.5) * width for i in range(len(methods))]
+        means = summary[f"{when}_top1_mean"]
+        stds = summary[f"{when}_top1_std"].fillna(0)
+        bars = ax.bar(xs, means, width, yerr=stds, capsize=4, hatch=hatch, label=f"{when} epoch",
+                      color=[COLOURS[m] for m in methods], edgecolor="white", alpha=0.9 if k == 0 else 0.6)
+        ax.bar_label(bars, labels=[f"{v:.1f}" for v in means], padding=2, fontsize=8)
+    ax.set_xticks(range(len(methods)), [f"{METHOD_LABELS[m]}\n{a}" for m, a in zip(methods, summary["arch"])])
+    ax.set_ylabel("test top-1 accuracy (%)")
+    low = (summary[["best_top1_mean", "last_top1_mean"]].min().min() - 10)
+    ax.set_ylim(max(0, low), 100 if low > 50 else None)
+    n = int(summary["seeds"].min())
+    ax.set_title(f"{summary['pair'].iloc[0]} on {summary['dataset'].iloc[0]}: mean ± std over {n} seed(s)")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+
+
+def kd_curves(members: dict[str, pd.DataFrame], histories: dict[str, pd.DataFrame], path) -> None:
+    """Test top-1 per epoch for each method: mean over seeds, shaded ± std."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for method, group in members.items():
+        if group.empty:
+            continue
+        curves = pd.concat([histories[r].set_index("epoch")["top1"].rename(r) for r in group["run"] if r in histories], axis=1)
+        mean, std = curves.mean(axis=1), curves.std(axis=1, ddof=1).fillna(0)
+        arch = group["arch"].iloc[0]
+        ax.plot(mean.index, mean, color=COLOURS[method], label=f"{METHOD_LABELS[method]} ({arch})")
+        ax.fill_between(mean.index, mean - std, mean + std, color=COLOURS[method], alpha=0.2)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test top-1 accuracy (%)")
+    ax.set_title("test accuracy during training (mean ± std over seeds)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+
+
+def kd_figures(summary_csv, runs_csv, history_files, *, out_dir) -> None:
+    summary, runs = pd.read_csv(summary_csv), pd.read_csv(runs_csv)
+    histories = {Path(p).parent.name: pd.read_csv(p) for p in history_files}
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for pair, rows in summary.groupby("pair", sort=False):
+        kd_accuracy_bars(rows, out_dir / f"kd-{pair}-accuracy.png")
+        first = rows.iloc[0]
+        members = pair_members(runs, first["dataset"], first["teacher"], first["student"])
+        kd_curves(members, histories, out_dir / f"kd-{pair}-curves.png")

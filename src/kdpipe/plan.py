@@ -1,0 +1,81 @@
+"""What the pipeline trains, derived from the validated config: run names and run configs.
+
+A run's name says what distinguishes it (role or method, architecture, teacher, seed), so a
+Snakemake wildcard is a word a person can read. A run's config holds exactly what that run
+depends on, so changing one student's temperature changes that student's config and nothing
+else's (Snakemake reruns a job whose params changed).
+"""
+
+from kdpipe.data.cifar import SOURCES as CIFAR_SOURCES
+
+KD_METHODS = ("kd_soft", "kd_hard")
+STUDENT_METHODS = ("alone",) + KD_METHODS
+METHOD_LABELS = {
+    "teacher": "teacher",
+    "alone": "student alone",
+    "kd_soft": "KD soft",
+    "kd_hard": "KD hard",
+}
+
+
+def pair_id(teacher: str, student: str) -> str:
+    return f"{teacher}-to-{student}"
+
+
+def teacher_run(arch: str, seed: int) -> str:
+    return f"teacher-{arch}-s{seed}"
+
+
+def student_run(method: str, arch: str, teacher: str | None, seed: int) -> str:
+    if method == "alone":
+        return f"alone-{arch}-s{seed}"
+    return f"{method}-{arch}-from-{teacher}-s{seed}"
+
+
+def dataset_config(config: dict, name: str) -> dict:
+    """A data set's entry, with the official CIFAR URL and md5 filled in when not given."""
+    try:
+        entry = dict(config["datasets"][name])
+    except KeyError:
+        raise KeyError(f"data set {name!r} is not defined under 'datasets' in the config") from None
+    if entry["source"] in CIFAR_SOURCES:
+        entry.setdefault("url", CIFAR_SOURCES[entry["source"]]["url"])
+        entry.setdefault("md5", CIFAR_SOURCES[entry["source"]]["md5"])
+    return entry
+
+
+def classify_pairs(config: dict) -> list[dict]:
+    """Each teacher→student pair with its own KD settings (a pair's keys override ``kd``)."""
+    c = config["classify"]
+    pairs = []
+    for p in c["pairs"]:
+        kd = {k: p.get(k, c["kd"][k]) for k in ("temperature", "alpha", "hard_alpha")}
+        pairs.append({"id": pair_id(p["teacher"], p["student"]), "teacher": p["teacher"], "student": p["student"], **kd})
+    return pairs
+
+
+def classify_runs(config: dict) -> dict[str, dict]:
+    """Every classifier run as ``{name: run_config}``; runs shared by pairs appear once."""
+    c = config["classify"]
+    source = dataset_config(config, c["dataset"])["source"]
+    common = {"family": "classify", "dataset": c["dataset"], "dataset_source": source,
+              "device": config["device"], "augment": c["augment"]}
+    runs: dict[str, dict] = {}
+    for seed in c["seeds"]:
+        for pair in classify_pairs(config):
+            name = teacher_run(pair["teacher"], seed)
+            runs[name] = {**common, "run": name, "role": "teacher", "method": "teacher", "arch": pair["teacher"],
+                          "seed": seed, "train": c["teacher_train"], "train_subset": None}
+            student = {**common, "role": "student", "arch": pair["student"], "seed": seed,
+                       "train": c["student_train"], "train_subset": c["train_subset"]}
+            name = student_run("alone", pair["student"], None, seed)
+            runs[name] = {**student, "run": name, "method": "alone"}
+            kd_settings = {
+                "kd_soft": {"temperature": pair["temperature"], "alpha": pair["alpha"]},
+                "kd_hard": {"alpha": pair["hard_alpha"]},
+            }
+            for method in KD_METHODS:
+                name = student_run(method, pair["student"], pair["teacher"], seed)
+                runs[name] = {**student, "run": name, "method": method, "teacher": pair["teacher"],
+                              "teacher_run": teacher_run(pair["teacher"], seed), "kd": kd_settings[method]}
+    return runs

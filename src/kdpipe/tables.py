@@ -1,0 +1,95 @@
+"""Tables from metrics.json files (and benchmark files): one row per run, and mean ± std over seeds."""
+
+from pathlib import Path
+
+import pandas as pd
+
+from kdpipe.io import atomic_write_text, read_json
+from kdpipe.plan import METHOD_LABELS, pair_id
+
+METHOD_ORDER = ["teacher", "alone", "kd_soft", "kd_hard"]
+FIGURES = ["best_top1", "last_top1", "best_top5", "last_top5"]
+
+
+def kd_run_rows(metrics_files) -> pd.DataFrame:
+    rows = []
+    for path in metrics_files:
+        m = read_json(path)
+        cfg = m["config"]
+        rows.append({
+            "run": m["run"], "dataset": cfg["dataset"], "dataset_source": cfg.get("dataset_source", ""),
+            "method": cfg["method"], "arch": cfg["arch"], "teacher": cfg.get("teacher", ""), "seed": m["seed"],
+            "best_top1": m["best"]["top1"], "best_top5": m["best"]["top5"], "best_epoch": m["best"]["epoch"],
+            "last_top1": m["last"]["top1"], "last_top5": m["last"]["top5"], "epochs": cfg["train"]["epochs"],
+            "train_images": m["train_images"], "params": m["params"],
+            "temperature": cfg.get("kd", {}).get("temperature"), "alpha": cfg.get("kd", {}).get("alpha"),
+            "wall_time_s": m["wall_time_s"], "device": m["device"], "host": m.get("host", ""),
+            "git_commit": m["git_commit"],
+        })
+    return pd.DataFrame(rows).sort_values(["dataset", "method", "arch", "teacher", "seed"]).reset_index(drop=True)
+
+
+def pair_members(runs: pd.DataFrame, dataset: str, teacher: str, student: str) -> dict[str, pd.DataFrame]:
+    """The runs one teacher→student comparison reads, by method (seeds as rows)."""
+    on_set = runs[runs["dataset"] == dataset]
+    is_student = on_set["arch"] == student
+    taught = is_student & (on_set["teacher"] == teacher)
+    return {
+        "teacher": on_set[(on_set["method"] == "teacher") & (on_set["arch"] == teacher)],
+        "alone": on_set[(on_set["method"] == "alone") & is_student],
+        "kd_soft": on_set[(on_set["method"] == "kd_soft") & taught],
+        "kd_hard": on_set[(on_set["method"] == "kd_hard") & taught],
+    }
+
+
+def kd_summary(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per teacher→student pair: teacher, student alone, KD soft, KD hard, mean ± std over seeds."""
+    kd = runs[runs["method"].isin(["kd_soft", "kd_hard"])]
+    pairs = kd[["dataset", "dataset_source", "teacher", "arch"]].drop_duplicates().itertuples(index=False)
+    out = []
+    for dataset, source, teacher, student in pairs:
+        groups = pair_members(runs, dataset, teacher, student)
+        for method in METHOD_ORDER:
+            g = groups[method]
+            if g.empty:
+                continue
+            row = {"dataset": dataset, "dataset_source": source, "pair": pair_id(teacher, student),
+                   "teacher": teacher, "student": student, "method": method, "label": METHOD_LABELS[method],
+                   "arch": g["arch"].iloc[0], "params": int(g["params"].iloc[0]), "seeds": len(g),
+                   "train_images": int(g["train_images"].iloc[0]), "epochs": int(g["epochs"].iloc[0]),
+                   "temperature": g["temperature"].iloc[0], "alpha": g["alpha"].iloc[0]}
+            for fig in FIGURES:
+                row[f"{fig}_mean"] = g[fig].mean()
+                row[f"{fig}_std"] = g[fig].std(ddof=1) if len(g) > 1 else float("nan")
+            out.append(row)
+    return pd.DataFrame(out)
+
+
+def kd_tables(metrics_files, *, runs_csv, summary_csv) -> None:
+    runs = kd_run_rows(metrics_files)
+    atomic_write_text(runs.to_csv(index=False), runs_csv)
+    atomic_write_text(kd_summary(runs).to_csv(index=False), summary_csv)
+
+
+def read_benchmark(path) -> dict:
+    """One Snakemake benchmark file: wall seconds (s), peak resident memory (max_rss, MB), cpu_time."""
+    b = pd.read_csv(path, sep="\t").iloc[0]
+    path = Path(path)
+    return {"rule": path.parent.name, "job": path.stem, "wall_s": float(b["s"]),
+            "max_rss_mb": pd.to_numeric(b.get("max_rss"), errors="coerce"),
+            "cpu_s": pd.to_numeric(b.get("cpu_time"), errors="coerce")}
+
+
+def jobs_table(benchmark_files, metrics_files, *, out_csv) -> pd.DataFrame:
+    """Each job's wall time and peak memory, with where training jobs ran (from their metrics.json)."""
+    where = {}
+    for path in metrics_files:
+        m = read_json(path)
+        where[f"{m['config']['dataset']}-{m['run']}"] = {
+            "device": m["device"], "host": m.get("host", ""), "slurm_job_id": m.get("slurm_job_id", "")}
+    rows = [{**read_benchmark(p), "device": "", "host": "", "slurm_job_id": ""} for p in benchmark_files]
+    for row in rows:
+        row.update(where.get(row["job"], {}))
+    table = pd.DataFrame(rows).sort_values(["rule", "job"]).reset_index(drop=True)
+    atomic_write_text(table.to_csv(index=False), out_csv)
+    return table

@@ -1,0 +1,93 @@
+"""The classifier family: a CIFAR ResNet trained alone, as a teacher, or distilled from one."""
+
+import torch
+from torch import nn
+
+from kdpipe import losses
+from kdpipe.models import build_model
+from kdpipe.training.augment import random_crop_flip
+
+
+def stratified_subset(labels: torch.Tensor, size: int, seed: int) -> torch.Tensor:
+    """Indices of ``size`` training images, equally many per class, the same for every method."""
+    g = torch.Generator().manual_seed(10_007 + int(seed))
+    classes = labels.unique()
+    per_class, extra = divmod(size, len(classes))
+    picked = []
+    for i, c in enumerate(classes.tolist()):
+        idx = (labels == c).nonzero().squeeze(1)
+        take = per_class + (1 if i < extra else 0)
+        if take > len(idx):
+            raise ValueError(f"train_subset {size} asks for {take} images of class {c}; only {len(idx)} exist")
+        picked.append(idx[torch.randperm(len(idx), generator=g)[:take]])
+    return torch.cat(picked).sort().values
+
+
+def load_model_file(path, device: torch.device) -> nn.Module:
+    """Rebuild a model saved as ``{"arch", "num_classes", "state_dict"}`` (never runs code)."""
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    model = build_model(saved["arch"], saved["num_classes"])
+    model.load_state_dict(saved["state_dict"])
+    return model.to(device, memory_format=torch.channels_last)
+
+
+class Classifier:
+    """Images and labels live on the device as uint8; each batch is converted and augmented there."""
+
+    score_key = "top1"
+
+    def __init__(self, model, train, test, *, method, batch_size, augment=True, teacher=None, kd=None, device):
+        # channels-last runs convolutions ~1.3x faster on CPU and uses tensor cores well on GPU.
+        self.model = model.to(device, memory_format=torch.channels_last)
+        self.method = method
+        self.batch_size = batch_size
+        self.augment = augment
+        self.kd = kd or {}
+        self.teacher = teacher
+        if teacher is not None:
+            teacher.eval()
+            for p in teacher.parameters():
+                p.requires_grad_(False)
+        if method in ("kd_soft", "kd_hard") and teacher is None:
+            raise ValueError(f"method {method} needs a teacher")
+        self.train_x, self.train_y = train[0].to(device), train[1].to(device)
+        self.test_x, self.test_y = test[0].to(device), test[1].to(device)
+        scaled = self.train_x.float() / 255
+        self.mean = scaled.mean(dim=(0, 2, 3), keepdim=True)
+        self.std = scaled.std(dim=(0, 2, 3), keepdim=True)
+
+    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+    def train_batches(self, generator: torch.Generator):
+        n = len(self.train_y)
+        order = torch.randperm(n, generator=generator, device=self.train_y.device)
+        for start in range(0, n, self.batch_size):
+            idx = order[start : start + self.batch_size]
+            x = self.train_x[idx].float() / 255
+            if self.augment:
+                x = random_crop_flip(x, pad=4, generator=generator)
+            yield self._normalise(x).contiguous(memory_format=torch.channels_last), self.train_y[idx]
+
+    def loss(self, batch):
+        x, y = batch
+        logits = self.model(x)
+        if self.method in ("alone", "teacher"):
+            return losses.cross_entropy(logits, y)
+        with torch.no_grad():
+            teacher_logits = self.teacher(x)
+        if self.method == "kd_soft":
+            return losses.kd_soft(logits, teacher_logits, y, self.kd["temperature"], self.kd["alpha"])
+        return losses.kd_hard(logits, teacher_logits, y, self.kd["alpha"])
+
+    def evaluate(self, batch_size: int = 200) -> dict[str, float]:
+        correct1 = correct5 = 0
+        for start in range(0, len(self.test_y), batch_size):
+            x = self._normalise(self.test_x[start : start + batch_size].float() / 255)
+            x = x.contiguous(memory_format=torch.channels_last)
+            y = self.test_y[start : start + batch_size]
+            top = self.model(x).topk(min(5, self.model.fc.out_features), dim=1).indices
+            correct1 += (top[:, 0] == y).sum()
+            correct5 += (top == y[:, None]).any(dim=1).sum()
+        n = len(self.test_y)
+        return {"top1": 100.0 * float(correct1) / n, "top5": 100.0 * float(correct5) / n}

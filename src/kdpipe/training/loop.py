@@ -1,0 +1,167 @@
+"""The one training loop: every family (classifier, multi-exit, autoencoder pair) runs through it.
+
+A family supplies its model, its batches, its loss and its evaluation (the ``Family`` protocol);
+the loop owns the optimiser and schedule, the per-epoch checkpoint, resuming, the progress bar
+and the history. Randomness for epoch ``e`` comes from a generator seeded by (seed, e), so a
+run resumed at epoch ``e`` draws exactly the batches an uninterrupted run would have.
+"""
+
+import hashlib
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator, Protocol
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from kdpipe.io import atomic_save
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Optimiser and schedule: SGD with momentum, lr multiplied by ``lr_gamma`` at each milestone."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lr_milestones: tuple[int, ...] = ()
+    lr_gamma: float = 0.1
+    nesterov: bool = False
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Recipe":
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: (tuple(v) if k == "lr_milestones" else v) for k, v in d.items() if k in known})
+
+    def lr_at(self, epoch: int) -> float:
+        """Learning rate for 0-based ``epoch``: a pure function, so nothing about it needs saving."""
+        return self.lr * self.lr_gamma ** sum(epoch >= m for m in self.lr_milestones)
+
+
+class Family(Protocol):
+    model: nn.Module  # everything the optimiser trains and the checkpoint holds
+    score_key: str  # the evaluation figure that picks the best epoch (higher is better)
+
+    def train_batches(self, generator: torch.Generator) -> Iterator: ...
+
+    def loss(self, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
+
+    def evaluate(self) -> dict[str, float]: ...
+
+
+@dataclass
+class Outcome:
+    history: list[dict] = field(default_factory=list)
+    best: dict = field(default_factory=dict)
+    resumed_from_epoch: int = 0
+
+    @property
+    def last(self) -> dict:
+        return self.history[-1] if self.history else {}
+
+
+def fingerprint(run_config: dict) -> str:
+    """Identifies what a checkpoint was trained for: resume only into the same run."""
+    return hashlib.sha256(json.dumps(run_config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
+    g = torch.Generator(device=device)
+    g.manual_seed(int(seed) * 1_000_003 + int(epoch))
+    return g
+
+
+def _load_resume(path: Path, expected: str, model: nn.Module, optimizer) -> tuple[int, Outcome]:
+    if not path.exists():
+        return 0, Outcome()
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state.get("fingerprint") != expected:
+        print(f"kdpipe: ignoring {path}: it belongs to a different configuration", file=sys.stderr)
+        return 0, Outcome()
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    epoch = int(state["epoch"])
+    print(f"kdpipe: resuming from {path} after epoch {epoch}", file=sys.stderr)
+    return epoch, Outcome(history=list(state["history"]), best=dict(state["best"]), resumed_from_epoch=epoch)
+
+
+def fit(
+    family: Family,
+    recipe: Recipe,
+    *,
+    seed: int,
+    device: torch.device,
+    resume_path: str | Path,
+    run_config: dict,
+    desc: str = "train",
+) -> Outcome:
+    """Train ``family.model`` for ``recipe.epochs``, resuming from ``resume_path`` if it matches."""
+    resume_path = Path(resume_path)
+    model = family.model
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=recipe.lr,
+        momentum=recipe.momentum,
+        weight_decay=recipe.weight_decay,
+        nesterov=recipe.nesterov,
+    )
+    fp = fingerprint(run_config)
+    start, outcome = _load_resume(resume_path, fp, model, optimizer)
+    quiet = not sys.stderr.isatty()
+    for epoch in range(start, recipe.epochs):
+        t0 = time.perf_counter()
+        lr = recipe.lr_at(epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        model.train()
+        sums: dict[str, torch.Tensor] = {}
+        steps = 0
+        g = epoch_generator(seed, epoch, device)
+        bar = tqdm(
+            family.train_batches(g),
+            desc=f"{desc} epoch {epoch + 1}/{recipe.epochs}",
+            leave=False,
+            mininterval=10.0 if quiet else 0.1,  # a log file gets a line every 10 s, not a flood
+        )
+        for batch in bar:
+            total, terms = family.loss(batch)
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            optimizer.step()
+            # Sum on the device; one transfer per epoch instead of a sync per step.
+            for name, value in {"loss": total, **terms}.items():
+                sums[name] = sums.get(name, 0) + value.detach().float()
+            steps += 1
+        model.eval()
+        with torch.no_grad():
+            scores = family.evaluate()
+        row = {"epoch": epoch + 1, "lr": lr}
+        row.update({name: float(v) / max(steps, 1) for name, v in sums.items()})
+        row.update(scores)
+        row["seconds"] = time.perf_counter() - t0
+        outcome.history.append(row)
+        if not outcome.best or row[family.score_key] > outcome.best[family.score_key]:
+            outcome.best = dict(row)
+        print(
+            f"{desc} epoch {epoch + 1}/{recipe.epochs} "
+            + " ".join(f"{k}={v:.4g}" for k, v in row.items() if k not in ("epoch",)),
+            file=sys.stderr,
+        )
+        atomic_save(
+            {
+                "fingerprint": fp,
+                "epoch": epoch + 1,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "history": outcome.history,
+                "best": outcome.best,
+            },
+            resume_path,
+        )
+    return outcome
