@@ -7,6 +7,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from kdpipe.plan import METHOD_LABELS  # noqa: E402
 from kdpipe.tables import pair_members  # noqa: E402
@@ -40,21 +41,26 @@ def kd_accuracy_bars(summary: pd.DataFrame, path) -> None:
 
 
 def kd_curves(members: dict[str, pd.DataFrame], histories: dict[str, pd.DataFrame], path) -> None:
-    """Test top-1 per epoch for each method: mean over seeds, shaded ± std."""
-    fig, ax = plt.subplots(figsize=(7, 4))
+    """Test top-1 per epoch, mean over seeds shaded ± std: the teacher (left) and its students (right)."""
+    fig, (ax_t, ax_s) = plt.subplots(1, 2, figsize=(9, 3.8), gridspec_kw={"width_ratios": [1, 2]}, sharey=True)
     for method, group in members.items():
-        if group.empty:
+        runs = [r for r in group["run"] if r in histories]
+        if not runs:
             continue
-        curves = pd.concat([histories[r].set_index("epoch")["top1"].rename(r) for r in group["run"] if r in histories], axis=1)
+        curves = pd.concat([histories[r].set_index("epoch")["top1"].rename(r) for r in runs], axis=1)
         mean, std = curves.mean(axis=1), curves.std(axis=1, ddof=1).fillna(0)
-        arch = group["arch"].iloc[0]
-        ax.plot(mean.index, mean, color=COLOURS[method], label=f"{METHOD_LABELS[method]} ({arch})")
+        ax = ax_t if method == "teacher" else ax_s
+        ax.plot(mean.index, mean, color=COLOURS[method], marker=".", label=f"{METHOD_LABELS[method]} ({group['arch'].iloc[0]})")
         ax.fill_between(mean.index, mean - std, mean + std, color=COLOURS[method], alpha=0.2)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("test top-1 accuracy (%)")
-    ax.set_title("test accuracy during training (mean ± std over seeds)")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
+    ax_t.set_title("teacher", fontsize=10)
+    ax_s.set_title("students", fontsize=10)
+    ax_t.set_ylabel("test top-1 accuracy (%)")
+    for ax in (ax_t, ax_s):
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    fig.suptitle("test accuracy during training (mean ± std over seeds)", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=150)
     plt.close(fig)

@@ -21,6 +21,7 @@ rule train_classifier:
     benchmark:
         "results/benchmarks/train_classifier/{dataset}-{run}.tsv"
     wildcard_constraints:
+        dataset=alternatives([CLASSIFY_DATASET]),
         run=r"(teacher|alone)-[^/]+",
     threads: 1
     resources:
@@ -51,6 +52,7 @@ rule distill_classifier:
     benchmark:
         "results/benchmarks/distill_classifier/{dataset}-{run}.tsv"
     wildcard_constraints:
+        dataset=alternatives([CLASSIFY_DATASET]),
         run=r"kd_(soft|hard)-[^/]+",
     threads: 1
     resources:

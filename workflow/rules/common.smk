@@ -14,7 +14,7 @@ RESULTS = "results"
 CLASSIFY_RUNS = plan.classify_runs(config)
 CLASSIFY_PAIRS = plan.classify_pairs(config)
 CLASSIFY_DATASET = config["classify"]["dataset"]
-# Which rule prepares a data set follows from its `source`: each rule only matches its own sets.
+# A data set's `source` picks the job that prepares it; each preparing step matches only its own sets.
 SYNTHETIC_SETS = [n for n, d in config["datasets"].items() if d["source"] == "synthetic"]
 CIFAR_SETS = [n for n, d in config["datasets"].items() if d["source"] != "synthetic"]
 
@@ -23,11 +23,6 @@ def alternatives(names):
     """A wildcard regex matching exactly these names (and nothing when there are none)."""
     return "|".join(re.escape(n) for n in names) if names else "(?!)"
 
-
-
-wildcard_constraints:
-    dataset=r"[A-Za-z0-9_.]+",
-    seed=r"\d+",
 
 
 def run_dir(dataset, family, run):
@@ -76,8 +71,13 @@ def classify_benchmarks():
 
 def data_benchmarks():
     entry = plan.dataset_config(config, CLASSIFY_DATASET)
-    rule_name = "prepare_synthetic" if entry["source"] == "synthetic" else "prepare_cifar"
-    return [f"{RESULTS}/benchmarks/{rule_name}/{CLASSIFY_DATASET}.tsv"]
+    if entry["source"] == "synthetic":
+        return [f"{RESULTS}/benchmarks/prepare_synthetic/{CLASSIFY_DATASET}.tsv"]
+    archive = entry["url"].rsplit("/", 1)[-1]
+    return [
+        f"{RESULTS}/benchmarks/download_cifar/{CLASSIFY_DATASET}-{archive}.tsv",
+        f"{RESULTS}/benchmarks/prepare_cifar/{CLASSIFY_DATASET}.tsv",
+    ]
 
 
 def kd_figures():

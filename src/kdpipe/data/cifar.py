@@ -79,6 +79,7 @@ def prepare_cifar(kind: str, archive: str | Path, *, train_out: str | Path, test
         raise ArchiveError(f"{archive} does not contain {spec['folder']}/: is it the {kind} python archive?")
     meta_file, meta_key = spec["meta"]
     classes = [c.decode() if isinstance(c, bytes) else c for c in _load_batch(folder / meta_file)[meta_key]]
+    # Read every batch before writing anything: a refused pickle leaves no half-prepared set.
+    splits = {split: _read_split(folder, spec[split], spec["label_key"]) for split in ("train", "test")}
     for split, out in (("train", train_out), ("test", test_out)):
-        images, labels = _read_split(folder, spec[split], spec["label_key"])
-        save_split(out, images, labels, classes)
+        save_split(out, *splits[split], classes)

@@ -1,0 +1,53 @@
+"""Shared fixtures."""
+
+import functools
+import http.server
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):  # noqa: A002 - signature of the base class
+        pass
+
+
+@dataclass(frozen=True)
+class LocalServer:
+    """A local HTTP server: ``base_url`` (no trailing slash) serves the files under ``root``."""
+
+    base_url: str
+    root: Path
+
+    def url(self, name: str = "") -> str:
+        return f"{self.base_url}/{name.lstrip('/')}"
+
+
+@pytest.fixture
+def http_server(tmp_path, monkeypatch):
+    """Serve a fresh folder (``http_server.root``) on 127.0.0.1 at a free port for one test.
+
+    Put files under ``http_server.root`` and fetch them from ``http_server.url("name")``.
+    """
+    root = tmp_path / "served"
+    root.mkdir()
+    # A proxy configured in the environment must not intercept requests to the local server
+    # (subprocesses started by the test inherit this too).
+    for var in ("no_proxy", "NO_PROXY"):
+        monkeypatch.setenv(var, "127.0.0.1,localhost")
+    handler = functools.partial(_QuietHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="http_server", daemon=True
+    )
+    thread.start()
+    host, port = server.server_address[:2]
+    try:
+        yield LocalServer(base_url=f"http://{host}:{port}", root=root)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)

@@ -1,0 +1,46 @@
+"""A bad config stops the run before any job starts, with a message naming the key."""
+
+import pytest
+import yaml
+
+from workflow_copy import copy_workflow, snakemake
+
+BAD_OVERLAYS = {
+    "unknown key": ({"classify": {"kd": {"temprature": 2}}}, "temprature"),
+    "unknown top-level key": ({"clasify": {}}, "clasify"),
+    "wrong type": ({"classify": {"seeds": "0, 1"}}, "seeds"),
+    "epochs below 1": ({"classify": {"teacher_train": {"epochs": 0}}}, "epochs"),
+    "alpha above 1": ({"classify": {"kd": {"alpha": 1.5}}}, "alpha"),
+    "alpha below 0": ({"classify": {"kd": {"hard_alpha": -0.1}}}, "hard_alpha"),
+    "temperature zero": ({"classify": {"kd": {"temperature": 0}}}, "temperature"),
+    "negative pair temperature": ({"classify": {"pairs": [{"teacher": "resnet56", "student": "resnet20", "temperature": -1}]}}, "temperature"),
+    "unknown architecture": ({"classify": {"pairs": [{"teacher": "resnet9000", "student": "resnet20"}]}}, "resnet9000"),
+    "bad device": ({"device": "tpu"}, "device"),
+    "bad md5": ({"datasets": {"cifar100": {"md5": "not-a-hash"}}}, "md5"),
+}
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return copy_workflow(tmp_path_factory.mktemp("config"))
+
+
+@pytest.mark.parametrize("case", sorted(BAD_OVERLAYS))
+def test_bad_config_stops_before_any_job(workdir, case):
+    overlay, key = BAD_OVERLAYS[case]
+    path = workdir / f"bad-{case.replace(' ', '-')}.yaml"
+    path.write_text(yaml.safe_dump(overlay))
+    # A real run (not a dry run): it must stop while loading, so nothing is created.
+    proc = snakemake(workdir, "results/report.pdf", "--cores", "1", "--configfile", str(path), check=False)
+    assert proc.returncode != 0
+    assert "Error validating config file" in proc.stdout
+    assert key in proc.stdout.split("Error validating config file", 1)[1]
+    assert not (workdir / "results").exists()
+    assert not (workdir / "data").exists()
+
+
+@pytest.mark.parametrize("overlay", [None, "presets/demo.yaml"])
+def test_shipped_configs_validate(workdir, overlay):
+    args = ["-n", "results/report.pdf"] + (["--configfile", overlay] if overlay else [])
+    proc = snakemake(workdir, *args)
+    assert "report" in proc.stdout
