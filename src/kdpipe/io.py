@@ -4,8 +4,6 @@ import json
 import os
 from pathlib import Path
 
-import torch
-
 
 def _tmp_beside(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -13,6 +11,8 @@ def _tmp_beside(path: Path) -> Path:
 
 def atomic_save(obj, path: str | os.PathLike) -> None:
     """torch.save to a temporary file beside ``path``, fsync, then rename over it."""
+    import torch  # here, not at the top: tables and figures use this module without torch
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_beside(path)

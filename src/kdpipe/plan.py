@@ -6,7 +6,7 @@ depends on, so changing one student's temperature changes that student's config 
 else's (Snakemake reruns a job whose params changed).
 """
 
-from kdpipe.data.cifar import SOURCES as CIFAR_SOURCES
+from kdpipe.data.sources import CIFAR as CIFAR_SOURCES
 
 KD_METHODS = ("kd_soft", "kd_hard")
 STUDENT_METHODS = ("alone",) + KD_METHODS
