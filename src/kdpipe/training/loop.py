@@ -80,7 +80,11 @@ def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Genera
 def _load_resume(path: Path, expected: str, model: nn.Module, optimizer) -> tuple[int, Outcome]:
     if not path.exists():
         return 0, Outcome()
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a damaged file costs the epochs it held, not the run
+        print(f"kdpipe: cannot read checkpoint {path} ({err}); starting from epoch 0", file=sys.stderr)
+        return 0, Outcome()
     if state.get("fingerprint") != expected:
         print(f"kdpipe: ignoring {path}: it belongs to a different configuration", file=sys.stderr)
         return 0, Outcome()
