@@ -11,7 +11,7 @@ configfile: "config.yaml"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
-include: "workflow/rules/classify.smk"
+include: "workflow/rules/train.smk"
 include: "workflow/rules/report.smk"
 
 

@@ -17,6 +17,15 @@ BAD_OVERLAYS = {
     "unknown architecture": ({"classify": {"pairs": [{"teacher": "resnet9000", "student": "resnet20"}]}}, "resnet9000"),
     "bad device": ({"device": "tpu"}, "device"),
     "bad md5": ({"datasets": {"cifar100": {"md5": "not-a-hash"}}}, "md5"),
+    "negative feature weight": ({"self_distill": {"lam": -0.03}}, "lam"),
+    "unknown multi-exit arch": ({"self_distill": {"arch": "resnet99"}}, "resnet99"),
+    "self-distill alpha above 1": ({"self_distill": {"alpha": 2}}, "alpha"),
+    "image size not a multiple of 16": ({"autoencoder": {"data": {"size": 100}}}, "size"),
+    "unknown adapter": ({"autoencoder": {"variants": {"odd": {"pairs": [[1, 4]], "adapter": "avgpool"}}}}, "avgpool"),
+    "pair that does not mirror": ({"autoencoder": {"variants": {"odd": {"pairs": [[1, 3]], "adapter": "conv"}}}}, "pairs"),
+    "pairs without an adapter": ({"autoencoder": {"variants": {"odd": {"pairs": [[2, 3]]}}}}, "adapter"),
+    "unknown data source": ({"autoencoder": {"data": {"source": "kitti"}}}, "source"),
+    "bad match direction": ({"autoencoder": {"match": "sideways"}}, "match"),
 }
 
 

@@ -70,5 +70,5 @@ def test_damaged_checkpoint_restarts_the_run(workdir):
     snakemake(workdir, *_args(), timeout=900)
     metrics = json.loads((workdir / RUN / "metrics.json").read_text())
     assert metrics["resumed_from_epoch"] == 0
-    log = (workdir / "results/logs/train_classifier/synthetic10-teacher-resnet14-s0.log").read_text()
+    log = (workdir / "results/logs/train/synthetic10-classify-teacher-resnet14-s0.log").read_text()
     assert "cannot read checkpoint" in log

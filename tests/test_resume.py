@@ -1,4 +1,4 @@
-"""The real ``kdpipe train-classifier`` command: a run killed mid-training and rerun ends exactly
+"""The real ``kdpipe train`` command: a run killed mid-training and rerun ends exactly
 where an uninterrupted run ends; a foreign checkpoint is ignored; a KD run trains from a teacher."""
 
 import json
@@ -40,7 +40,7 @@ def _env() -> dict:
 
 
 def command(cfg: dict, data: dict, out: Path, teacher: Path | None = None) -> list[str]:
-    cmd = ["kdpipe", "train-classifier", "--run-config", json.dumps(cfg),
+    cmd = ["kdpipe", "train", "--run-config", json.dumps(cfg),
            "--train", str(data["train"]), "--test", str(data["test"]),
            "--model", str(out / "model.pt"), "--metrics", str(out / "metrics.json"),
            "--history", str(out / "history.csv"), "--resume", str(out / "resume.pt")]

@@ -34,18 +34,26 @@ def test_paper_dag_lists_offline(tmp_path):
     config = yaml.safe_load((ROOT / "config.yaml").read_text())
     seeds = len(config["classify"]["seeds"])
     pairs = config["classify"]["pairs"]
-    students = {p["student"] for p in pairs}
+    teachers, students = {p["teacher"] for p in pairs}, {p["student"] for p in pairs}
+    classify_models = seeds * (len(teachers) + len(students) + 2 * len(pairs))
+    self_distill_models = 2 * len(config["self_distill"]["seeds"])
+    ae_models = len(config["autoencoder"]["variants"]) * len(config["autoencoder"]["seeds"])
     assert planned_jobs(proc.stdout) == {
         "download_cifar": 1,
         "prepare_cifar": 1,
-        "train_classifier": seeds * (len({p["teacher"] for p in pairs}) + len(students)),
-        "distill_classifier": seeds * len(pairs) * 2,
+        "download_pix2pix": 1,
+        "prepare_pix2pix": 1,
+        "train": classify_models + self_distill_models + ae_models,
         "tables_kd": 1,
+        "tables_self_distill": 1,
+        "tables_autoencoder": 1,
         "tables_jobs": 1,
         "figures_kd": 1,
+        "figures_self_distill": 1,
+        "figures_autoencoder": 1,
         "report": 1,
     }
-    assert "cifar-100-python.tar.gz" in proc.stdout
+    assert "cifar-100-python.tar.gz" in proc.stdout and "cityscapes.tar.gz" in proc.stdout
     assert not (workdir / "data").exists()
 
 
@@ -75,5 +83,20 @@ def test_every_rule_has_log_benchmark_and_conda():
         name = body.split(":", 1)[0]
         for directive in ("log:", "benchmark:", "conda:", "threads:"):
             assert directive in body, f"rule {name} has no {directive}"
-        if name.startswith(("train_", "distill_")):
+        if name.startswith("train"):
             assert "gpu=1" in body, f"training rule {name} does not ask for a GPU"
+
+
+def test_official_cityscapes_needs_the_users_zips(tmp_path):
+    """`source: official` plans from zips the user places; without them Snakemake names them."""
+    workdir = copy_workflow(tmp_path)
+    (workdir / "official.yaml").write_text(yaml.safe_dump({"autoencoder": {"data": {"source": "official"}}}))
+    proc = snakemake(workdir, "-n", "results/report.pdf", "--configfile", "official.yaml", check=False)
+    assert proc.returncode != 0
+    assert "leftImg8bit_trainvaltest.zip" in proc.stdout and "gtFine_trainvaltest.zip" in proc.stdout
+    raw = workdir / "data" / "raw" / "cityscapes"
+    raw.mkdir(parents=True)
+    for name in ("leftImg8bit_trainvaltest.zip", "gtFine_trainvaltest.zip"):
+        (raw / name).write_bytes(b"placeholder")
+    proc = snakemake(workdir, "-n", "results/report.pdf", "--configfile", "official.yaml")
+    assert planned_jobs(proc.stdout)["prepare_cityscapes"] == 1

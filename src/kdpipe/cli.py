@@ -16,7 +16,7 @@ def _json(text: str):
 def cmd_download(a):
     from kdpipe.data.archive import fetch
 
-    fetch(a.url, a.out, md5=a.md5 or None)
+    fetch(a.url, a.out, md5=a.md5 or None, sha256=a.sha256 or None, record_sha256=a.record_sha256)
 
 
 def cmd_prepare_cifar(a):
@@ -31,37 +31,80 @@ def cmd_prepare_synthetic(a):
     prepare_synthetic(a.params, train_out=a.train, test_out=a.test)
 
 
-def cmd_train_classifier(a):
-    from kdpipe.training.run import train_classifier
+def cmd_prepare_street_scenes(a):
+    from kdpipe.data.street_scenes import prepare_street_scenes
 
-    m = train_classifier(
+    prepare_street_scenes(a.params, train_out=a.train, test_out=a.test)
+
+
+def cmd_prepare_pix2pix(a):
+    from kdpipe.data.cityscapes import prepare_pix2pix
+
+    prepare_pix2pix(a.archive, size=a.size, train_out=a.train, test_out=a.test)
+
+
+def cmd_prepare_cityscapes(a):
+    from kdpipe.data.cityscapes import prepare_official
+
+    prepare_official(a.leftimg, a.gtfine, size=a.size, train_out=a.train, test_out=a.test)
+
+
+def cmd_train(a):
+    from kdpipe.training.run import train
+
+    m = train(
         a.run_config, train_path=a.train, test_path=a.test, teacher_path=a.teacher, model_path=a.model,
         metrics_path=a.metrics, history_path=a.history, resume_path=a.resume, threads=a.threads,
     )
-    print(f"{m['run']}: best top1 {m['best']['top1']:.2f} (epoch {m['best']['epoch']}), "
-          f"last top1 {m['last']['top1']:.2f}, {m['wall_time_s']:.1f} s on {m['device']}")
+    key = m["score"]
+    print(f"{m['run']}: best {key} {m['best'][key]:.4g} (epoch {m['best']['epoch']}), "
+          f"last {key} {m['last'][key]:.4g}, {m['wall_time_s']:.1f} s on {m['device']}")
 
 
 def cmd_tables_kd(a):
-    from kdpipe.tables import kd_tables
+    from kdpipe.tables.kd import kd_tables
 
     kd_tables(a.metrics, runs_csv=a.runs, summary_csv=a.summary)
 
 
 def cmd_tables_jobs(a):
-    from kdpipe.tables import jobs_table
+    from kdpipe.tables.jobs import jobs_table
 
     jobs_table(a.benchmarks, a.metrics, out_csv=a.out)
 
 
+def cmd_tables_self_distill(a):
+    from kdpipe.tables.self_distill import self_distill_tables
+
+    self_distill_tables(a.metrics, runs_csv=a.runs, summary_csv=a.summary)
+
+
+def cmd_figures_self_distill(a):
+    from kdpipe.figures.self_distill import self_distill_figures
+
+    self_distill_figures(a.summary, a.runs, a.histories, cost_png=a.cost, curves_png=a.curves)
+
+
+def cmd_tables_autoencoder(a):
+    from kdpipe.tables.autoencoder import autoencoder_tables
+
+    autoencoder_tables(a.metrics, runs_csv=a.runs, summary_csv=a.summary)
+
+
+def cmd_figures_autoencoder(a):
+    from kdpipe.figures.autoencoder import autoencoder_figures
+
+    autoencoder_figures(a.runs, a.models, a.histories, a.test, out_dir=a.out_dir)
+
+
 def cmd_figures_kd(a):
-    from kdpipe.figures import kd_figures
+    from kdpipe.figures.kd import kd_figures
 
     kd_figures(a.summary, a.runs, a.histories, out_dir=a.out_dir)
 
 
 def cmd_report(a):
-    from kdpipe.report import build_report
+    from kdpipe.report.build import build_report
 
     build_report(out=a.out, name=a.name, tables_dir=a.tables, figures_dir=a.figures)
 
@@ -73,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("download", help="download a raw archive, verifying its md5")
     s.add_argument("--url", required=True)
     s.add_argument("--md5", default=None)
+    s.add_argument("--sha256", default=None, help="published sha256 to enforce")
+    s.add_argument("--record-sha256", type=Path, default=None,
+                   help="file keeping the first download's sha256; later downloads must match it")
     s.add_argument("--out", required=True, type=Path)
     s.set_defaults(func=cmd_download)
 
@@ -89,17 +135,38 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--test", required=True, type=Path, help="prepared test split to write")
     s.set_defaults(func=cmd_prepare_synthetic)
 
-    s = sub.add_parser("train-classifier", help="train one classifier run (teacher, alone or distilled)")
+    s = sub.add_parser("prepare-street-scenes", help="generate offline paired street scenes (photo, label map)")
+    s.add_argument("--params", required=True, type=_json, help="generator keyword arguments as JSON")
+    s.add_argument("--train", required=True, type=Path)
+    s.add_argument("--test", required=True, type=Path)
+    s.set_defaults(func=cmd_prepare_street_scenes)
+
+    s = sub.add_parser("prepare-pix2pix", help="unpack pix2pix's cityscapes archive into prepared pairs")
+    s.add_argument("--archive", required=True, type=Path)
+    s.add_argument("--size", required=True, type=int)
+    s.add_argument("--train", required=True, type=Path)
+    s.add_argument("--test", required=True, type=Path, help="from the archive's val/ split")
+    s.set_defaults(func=cmd_prepare_pix2pix)
+
+    s = sub.add_parser("prepare-cityscapes", help="prepare pairs from the official Cityscapes zips")
+    s.add_argument("--leftimg", required=True, type=Path, help="leftImg8bit_trainvaltest.zip")
+    s.add_argument("--gtfine", required=True, type=Path, help="gtFine_trainvaltest.zip")
+    s.add_argument("--size", required=True, type=int)
+    s.add_argument("--train", required=True, type=Path)
+    s.add_argument("--test", required=True, type=Path, help="from the val split")
+    s.set_defaults(func=cmd_prepare_cityscapes)
+
+    s = sub.add_parser("train", help="train one run of any family (its run config names the family)")
     s.add_argument("--run-config", required=True, type=_json, help="the run's resolved config as JSON")
     s.add_argument("--train", required=True, type=Path)
     s.add_argument("--test", required=True, type=Path)
-    s.add_argument("--teacher", type=Path, default=None, help="the teacher's model.pt (KD runs)")
+    s.add_argument("--teacher", type=Path, nargs="?", default=None, help="the teacher's model.pt (KD runs)")
     s.add_argument("--model", required=True, type=Path)
     s.add_argument("--metrics", required=True, type=Path)
     s.add_argument("--history", required=True, type=Path)
     s.add_argument("--resume", required=True, type=Path, help="per-epoch checkpoint to resume from")
     s.add_argument("--threads", type=int, default=1)
-    s.set_defaults(func=cmd_train_classifier)
+    s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("tables-kd", help="KD tables from the runs' metrics.json files")
     s.add_argument("--metrics", required=True, nargs="+", type=Path)
@@ -119,6 +186,34 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--histories", required=True, nargs="+", type=Path)
     s.add_argument("--out-dir", required=True, type=Path)
     s.set_defaults(func=cmd_figures_kd)
+
+    s = sub.add_parser("tables-self-distill", help="self-distillation tables from metrics.json files")
+    s.add_argument("--metrics", required=True, nargs="+", type=Path)
+    s.add_argument("--runs", required=True, type=Path, help="one row per run")
+    s.add_argument("--summary", required=True, type=Path, help="per method and exit, mean ± std over seeds")
+    s.set_defaults(func=cmd_tables_self_distill)
+
+    s = sub.add_parser("figures-self-distill", help="accuracy against cost, and per-exit curves")
+    s.add_argument("--summary", required=True, type=Path)
+    s.add_argument("--runs", required=True, type=Path)
+    s.add_argument("--histories", required=True, nargs="+", type=Path)
+    s.add_argument("--cost", required=True, type=Path, help="PNG: accuracy against multiply-accumulates")
+    s.add_argument("--curves", required=True, type=Path, help="PNG: test accuracy of every exit per epoch")
+    s.set_defaults(func=cmd_figures_self_distill)
+
+    s = sub.add_parser("tables-autoencoder", help="autoencoder-pair tables from metrics.json files")
+    s.add_argument("--metrics", required=True, nargs="+", type=Path)
+    s.add_argument("--runs", required=True, type=Path, help="one row per run")
+    s.add_argument("--summary", required=True, type=Path, help="per variant, mean ± std over seeds")
+    s.set_defaults(func=cmd_tables_autoencoder)
+
+    s = sub.add_parser("figures-autoencoder", help="picture grids for every variant and direction, loss curves")
+    s.add_argument("--runs", required=True, type=Path)
+    s.add_argument("--models", required=True, nargs="+", type=Path)
+    s.add_argument("--histories", required=True, nargs="+", type=Path)
+    s.add_argument("--test", required=True, type=Path, help="prepared validation pairs")
+    s.add_argument("--out-dir", required=True, type=Path)
+    s.set_defaults(func=cmd_figures_autoencoder)
 
     s = sub.add_parser("report", help="assemble results/report.pdf from tables and figures")
     s.add_argument("--name", required=True, help="the preset's name, for the title page")

@@ -37,8 +37,19 @@ def atomic_write_text(text: str, path: str | os.PathLike) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def _json_safe(obj):
+    """NaN (an IoU of a class that never occurs, a std of one seed) becomes null: strict JSON."""
+    if isinstance(obj, float) and obj != obj:
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
 def write_json(obj, path: str | os.PathLike) -> None:
-    atomic_write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", path)
+    atomic_write_text(json.dumps(_json_safe(obj), indent=2, sort_keys=True, allow_nan=False) + "\n", path)
 
 
 def read_json(path: str | os.PathLike):

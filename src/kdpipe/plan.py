@@ -15,7 +15,12 @@ METHOD_LABELS = {
     "alone": "student alone",
     "kd_soft": "KD soft",
     "kd_hard": "KD hard",
+    "self_distill": "self-distillation",
+    "baseline": "baseline (last exit only)",
 }
+PIX2PIX_URL = "http://efrosgans.eecs.berkeley.edu/pix2pix/datasets/cityscapes.tar.gz"
+OFFICIAL_ZIPS = ("leftImg8bit_trainvaltest.zip", "gtFine_trainvaltest.zip")
+SELF_DISTILL_METHODS = ("self_distill", "baseline")
 
 
 def pair_id(teacher: str, student: str) -> str:
@@ -78,4 +83,71 @@ def classify_runs(config: dict) -> dict[str, dict]:
                 name = student_run(method, pair["student"], pair["teacher"], seed)
                 runs[name] = {**student, "run": name, "method": method, "teacher": pair["teacher"],
                               "teacher_run": teacher_run(pair["teacher"], seed), "kd": kd_settings[method]}
+    return runs
+
+
+def self_distill_run(method: str, arch: str, seed: int) -> str:
+    return f"{method}-{arch}-s{seed}"
+
+
+def self_distill_runs(config: dict) -> dict[str, dict]:
+    """Every multi-exit run: BYOT self-distillation and its baseline, once per seed."""
+    c = config["self_distill"]
+    source = dataset_config(config, c["dataset"])["source"]
+    runs = {}
+    for seed in c["seeds"]:
+        for method in SELF_DISTILL_METHODS:
+            name = self_distill_run(method, c["arch"], seed)
+            runs[name] = {
+                "family": "self_distill", "run": name, "method": method, "dataset": c["dataset"],
+                "dataset_source": source, "device": config["device"], "augment": c["augment"],
+                "arch": c["arch"], "width": c["width"], "seed": seed, "train": c["train"],
+                "train_subset": c["train_subset"],
+                **({"self_distill": {k: c[k] for k in ("temperature", "alpha", "lam", "detach_teacher")}}
+                   if method == "self_distill" else {}),
+            }
+    return runs
+
+
+def ae_data(config: dict) -> dict:
+    """The autoencoder data block, with the pix2pix URL filled in when not given."""
+    data = dict(config["autoencoder"]["data"])
+    if data["source"] == "pix2pix":
+        data.setdefault("url", PIX2PIX_URL)
+    return data
+
+
+def ae_variants(config: dict) -> dict[str, dict]:
+    """Each named variant with every setting resolved (a variant's keys override the block's)."""
+    c = config["autoencoder"]
+    variants = {}
+    for name, v in c["variants"].items():
+        pairs = [list(p) for p in v.get("pairs", [])]
+        variants[name] = {
+            "name": name, "pairs": pairs, "adapter": v.get("adapter") if pairs else None,
+            "alpha": v.get("alpha", c["alpha"]) if pairs else 0.0,
+            "match": v.get("match", c["match"]), "norm": v.get("norm", c["norm"]),
+        }
+    return variants
+
+
+def ae_runs(config: dict) -> dict[str, dict]:
+    """Every autoencoder-pair run: one per variant and seed."""
+    c = config["autoencoder"]
+    data = ae_data(config)
+    runs = {}
+    for seed in c["seeds"]:
+        for name, variant in ae_variants(config).items():
+            run = f"{name}-s{seed}"
+            runs[run] = {"family": "autoencoder", "run": run, "method": name, "dataset": data["name"],
+                         "dataset_source": data["source"], "device": config["device"], "augment": c["augment"],
+                         "width": c["width"], "seed": seed, "train": c["train"], "variant": variant}
+    return runs
+
+
+def training_runs(config: dict) -> dict[tuple[str, str], dict]:
+    """Every trained model of every family, keyed by (family, run name)."""
+    runs = {("classify", name): cfg for name, cfg in classify_runs(config).items()}
+    runs.update({("self_distill", name): cfg for name, cfg in self_distill_runs(config).items()})
+    runs.update({("autoencoder", name): cfg for name, cfg in ae_runs(config).items()})
     return runs

@@ -3,7 +3,7 @@
 
 rule tables_kd:
     input:
-        metrics=classify_outputs("metrics.json"),
+        metrics=family_outputs("classify", "metrics.json"),
     output:
         runs=report("results/tables/kd_runs.csv", category="Tables", labels={"table": "KD runs"}),
         summary=report("results/tables/kd_summary.csv", category="Tables", labels={"table": "KD mean ± std"}),
@@ -18,10 +18,50 @@ rule tables_kd:
         "kdpipe tables-kd --metrics {input.metrics} --runs {output.runs} --summary {output.summary} > {log} 2>&1"
 
 
+rule tables_self_distill:
+    input:
+        metrics=family_outputs("self_distill", "metrics.json"),
+    output:
+        runs=report("results/tables/self_distill_runs.csv", category="Tables", labels={"table": "BYOT runs"}),
+        summary=report(
+            "results/tables/self_distill_summary.csv", category="Tables", labels={"table": "BYOT per exit"}
+        ),
+    log:
+        "results/logs/tables_self_distill.log",
+    benchmark:
+        "results/benchmarks/tables_self_distill.tsv"
+    conda:
+        "../../envs/kdpipe.yaml"
+    threads: 1
+    shell:
+        "kdpipe tables-self-distill --metrics {input.metrics} --runs {output.runs} --summary {output.summary} "
+        "> {log} 2>&1"
+
+
+rule tables_autoencoder:
+    input:
+        metrics=family_outputs("autoencoder", "metrics.json"),
+    output:
+        runs=report("results/tables/autoencoder_runs.csv", category="Tables", labels={"table": "AE runs"}),
+        summary=report(
+            "results/tables/autoencoder_summary.csv", category="Tables", labels={"table": "AE per variant"}
+        ),
+    log:
+        "results/logs/tables_autoencoder.log",
+    benchmark:
+        "results/benchmarks/tables_autoencoder.tsv"
+    conda:
+        "../../envs/kdpipe.yaml"
+    threads: 1
+    shell:
+        "kdpipe tables-autoencoder --metrics {input.metrics} --runs {output.runs} --summary {output.summary} "
+        "> {log} 2>&1"
+
+
 rule tables_jobs:
     input:
-        benchmarks=data_benchmarks() + classify_benchmarks(),
-        metrics=classify_outputs("metrics.json"),
+        benchmarks=data_benchmarks() + training_benchmarks(),
+        metrics=[f for family in ("classify", "self_distill", "autoencoder") for f in family_outputs(family, "metrics.json")],
     output:
         report("results/tables/jobs.csv", category="Tables", labels={"table": "jobs"}),
     log:
@@ -39,7 +79,7 @@ rule figures_kd:
     input:
         summary="results/tables/kd_summary.csv",
         runs="results/tables/kd_runs.csv",
-        histories=classify_outputs("history.csv"),
+        histories=family_outputs("classify", "history.csv"),
     output:
         report(kd_figures(), category="Knowledge distillation"),
     params:
@@ -56,10 +96,60 @@ rule figures_kd:
         "--out-dir {params.out_dir} > {log} 2>&1"
 
 
+rule figures_self_distill:
+    input:
+        summary="results/tables/self_distill_summary.csv",
+        runs="results/tables/self_distill_runs.csv",
+        histories=family_outputs("self_distill", "history.csv"),
+    output:
+        cost=report("results/figures/self_distill-cost.png", category="Self-distillation"),
+        curves=report("results/figures/self_distill-curves.png", category="Self-distillation"),
+    log:
+        "results/logs/figures_self_distill.log",
+    benchmark:
+        "results/benchmarks/figures_self_distill.tsv"
+    conda:
+        "../../envs/kdpipe.yaml"
+    threads: 1
+    shell:
+        "kdpipe figures-self-distill --summary {input.summary} --runs {input.runs} --histories {input.histories} "
+        "--cost {output.cost} --curves {output.curves} > {log} 2>&1"
+
+
+rule figures_autoencoder:
+    input:
+        runs="results/tables/autoencoder_runs.csv",
+        models=family_outputs("autoencoder", "model.pt"),
+        histories=family_outputs("autoencoder", "history.csv"),
+        test=f"data/prepared/{AE_DATA['name']}/test.pt",
+    output:
+        report(AE_FIGURES, category="Autoencoders"),
+    params:
+        out_dir=lambda wc, output: os.path.dirname(output[0]),
+    log:
+        "results/logs/figures_autoencoder.log",
+    benchmark:
+        "results/benchmarks/figures_autoencoder.tsv"
+    conda:
+        "../../envs/kdpipe.yaml"
+    threads: 1
+    shell:
+        "kdpipe figures-autoencoder --runs {input.runs} --models {input.models} --histories {input.histories} "
+        "--test {input.test} --out-dir {params.out_dir} > {log} 2>&1"
+
+
 rule report:
     input:
-        tables=["results/tables/kd_runs.csv", "results/tables/kd_summary.csv", "results/tables/jobs.csv"],
-        figures=kd_figures(),
+        tables=[
+            "results/tables/kd_runs.csv",
+            "results/tables/kd_summary.csv",
+            "results/tables/self_distill_runs.csv",
+            "results/tables/self_distill_summary.csv",
+            "results/tables/autoencoder_runs.csv",
+            "results/tables/autoencoder_summary.csv",
+            "results/tables/jobs.csv",
+        ],
+        figures=kd_figures() + SELF_DISTILL_FIGURES + AE_FIGURES,
     output:
         report("results/report.pdf", category="Report"),
     params:

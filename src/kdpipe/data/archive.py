@@ -29,8 +29,14 @@ def sha256_of(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def fetch(url: str, dest: str | os.PathLike, md5: str | None = None) -> Path:
-    """Download ``url`` to ``dest``; with ``md5`` given, refuse (and delete) a mismatching file."""
+def fetch(url: str, dest: str | os.PathLike, md5: str | None = None, sha256: str | None = None,
+          record_sha256: str | os.PathLike | None = None) -> Path:
+    """Download ``url`` to ``dest``, refusing (and deleting) a file whose checksum does not match.
+
+    ``md5`` / ``sha256`` check against a published value. For an archive with no published
+    checksum, ``record_sha256`` names a file that keeps the first download's sha256: later
+    downloads must match it (trust on first use), so the data cannot change silently.
+    """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".download-") as tmp:
@@ -43,6 +49,18 @@ def fetch(url: str, dest: str | os.PathLike, md5: str | None = None) -> Path:
                     f"md5 mismatch for {url}: expected {md5}, got {actual}. "
                     "The download was discarded; check the URL or the md5 in the config."
                 )
+        if sha256 is not None or record_sha256 is not None:
+            actual = sha256_of(got)
+            recorded = Path(record_sha256).read_text().strip() if record_sha256 and Path(record_sha256).exists() else None
+            expected = sha256 or recorded
+            if expected is not None and actual != expected:
+                source = "the config" if sha256 else f"the first download, recorded in {record_sha256}"
+                raise ArchiveError(
+                    f"sha256 mismatch for {url}: expected {expected} ({source}), got {actual}. "
+                    "The download was discarded."
+                )
+            if record_sha256 and recorded is None:
+                Path(record_sha256).write_text(actual + "\n")
         os.replace(got, dest)
     return dest
 

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from kdpipe import losses
-from kdpipe.models import build_model
+from kdpipe.models import build_model, count_parameters
 from kdpipe.training.augment import random_crop_flip
 
 
@@ -80,14 +80,46 @@ class Classifier:
             return losses.kd_soft(logits, teacher_logits, y, self.kd["temperature"], self.kd["alpha"])
         return losses.kd_hard(logits, teacher_logits, y, self.kd["alpha"])
 
-    def evaluate(self, batch_size: int = 200) -> dict[str, float]:
-        correct1 = correct5 = 0
+    def test_batches(self, batch_size: int = 200):
         for start in range(0, len(self.test_y), batch_size):
             x = self._normalise(self.test_x[start : start + batch_size].float() / 255)
-            x = x.contiguous(memory_format=torch.channels_last)
-            y = self.test_y[start : start + batch_size]
-            top = self.model(x).topk(min(5, self.model.fc.out_features), dim=1).indices
-            correct1 += (top[:, 0] == y).sum()
-            correct5 += (top == y[:, None]).any(dim=1).sum()
-        n = len(self.test_y)
-        return {"top1": 100.0 * float(correct1) / n, "top5": 100.0 * float(correct5) / n}
+            yield x.contiguous(memory_format=torch.channels_last), self.test_y[start : start + batch_size]
+
+    def evaluate(self) -> dict[str, float]:
+        hits = torch.zeros(2, device=self.test_y.device)
+        for x, y in self.test_batches():
+            hits += topk_hits(self.model(x), y)
+        return accuracy_percent(hits, len(self.test_y))
+
+
+def topk_hits(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Number of top-1 and top-5 hits in a batch, as a 2-vector (stays on the device)."""
+    top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+    return torch.stack([(top[:, 0] == targets).sum(), (top == targets[:, None]).any(dim=1).sum()]).float()
+
+
+def accuracy_percent(hits: torch.Tensor, n: int, suffix: str = "") -> dict[str, float]:
+    top1, top5 = (100.0 * hits / n).tolist()
+    return {f"top1{suffix}": top1, f"top5{suffix}": top5}
+
+
+def training_images(cfg: dict, split: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The run's training images: all of them, or its stratified transfer set (``train_subset``)."""
+    x, y = split["images"], split["labels"]
+    if cfg.get("train_subset"):
+        idx = stratified_subset(y, cfg["train_subset"], cfg["seed"])
+        x, y = x[idx], y[idx]
+    return x, y
+
+
+def make_classifier(cfg: dict, train: dict, test: dict, device: torch.device, teacher_path=None):
+    """Family builder for the training loop: (family, model-file payload, extra metrics)."""
+    x, y = training_images(cfg, train)
+    num_classes = len(train["classes"])
+    model = build_model(cfg["arch"], num_classes)
+    teacher = load_model_file(teacher_path, device) if teacher_path else None
+    family = Classifier(model, (x, y), (test["images"], test["labels"]), method=cfg["method"],
+                        batch_size=cfg["train"]["batch_size"], augment=cfg.get("augment", True),
+                        teacher=teacher, kd=cfg.get("kd"), device=device)
+    extra = {"params": count_parameters(model), "train_images": int(len(y)), "test_images": int(len(test["labels"]))}
+    return family, {"arch": cfg["arch"], "num_classes": num_classes}, extra

@@ -23,21 +23,29 @@ from kdpipe.io import atomic_save
 
 @dataclass(frozen=True)
 class Recipe:
-    """Optimiser and schedule: SGD with momentum, lr multiplied by ``lr_gamma`` at each milestone."""
+    """Optimiser and schedule: SGD with momentum (or Adam), lr multiplied by ``lr_gamma`` at each milestone."""
 
     epochs: int
     batch_size: int
     lr: float
-    momentum: float = 0.9
+    optimizer: str = "sgd"  # sgd | adam
+    momentum: float = 0.9  # SGD's momentum
     weight_decay: float = 5e-4
     lr_milestones: tuple[int, ...] = ()
     lr_gamma: float = 0.1
     nesterov: bool = False
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam's
 
     @classmethod
     def from_dict(cls, d: dict) -> "Recipe":
         known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: (tuple(v) if k == "lr_milestones" else v) for k, v in d.items() if k in known})
+        return cls(**{k: (tuple(v) if k in ("lr_milestones", "betas") else v) for k, v in d.items() if k in known})
+
+    def make_optimizer(self, params) -> torch.optim.Optimizer:
+        if self.optimizer == "adam":
+            return torch.optim.Adam(params, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay)
+        return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,
+                               nesterov=self.nesterov)
 
     def lr_at(self, epoch: int) -> float:
         """Learning rate for 0-based ``epoch``: a pure function, so nothing about it needs saving."""
@@ -108,13 +116,7 @@ def fit(
     """Train ``family.model`` for ``recipe.epochs``, resuming from ``resume_path`` if it matches."""
     resume_path = Path(resume_path)
     model = family.model
-    optimizer = torch.optim.SGD(
-        model.parameters(),
-        lr=recipe.lr,
-        momentum=recipe.momentum,
-        weight_decay=recipe.weight_decay,
-        nesterov=recipe.nesterov,
-    )
+    optimizer = recipe.make_optimizer(model.parameters())
     fp = fingerprint(run_config)
     start, outcome = _load_resume(resume_path, fp, model, optimizer)
     quiet = not sys.stderr.isatty()

@@ -6,6 +6,7 @@ device, wall time, best- and last-epoch figures); the resume checkpoint is remov
 outputs are in place, so a later rerun of a changed config starts clean.
 """
 
+import importlib
 import time
 from pathlib import Path
 
@@ -15,14 +16,27 @@ import torch
 from kdpipe.data.prepared import load_split
 from kdpipe.devices import placement
 from kdpipe.io import atomic_save, atomic_write_text, write_json
-from kdpipe.models import build_model, count_parameters
 from kdpipe.runinfo import git_commit, host_facts
-from kdpipe.training.classify import Classifier, load_model_file, stratified_subset
 from kdpipe.training.loop import Outcome, Recipe, fit
 
 
+# family -> (module, builder). Imported on demand: torchmetrics alone takes seconds to import,
+# and every job pays its imports.
+FAMILIES = {
+    "classify": ("kdpipe.training.classify", "make_classifier"),
+    "self_distill": ("kdpipe.training.self_distill", "make_multi_exit"),
+    "autoencoder": ("kdpipe.training.ae_pair", "make_ae_pair"),
+}
+
+
+def family_builder(family: str):
+    module, name = FAMILIES[family]
+    return getattr(importlib.import_module(module), name)
+
+
 def write_outputs(*, model_payload: dict, outcome: Outcome, cfg: dict, placement_name: str, started: float,
-                  model_path, metrics_path, history_path, resume_path, extra: dict | None = None) -> dict:
+                  score_key: str, model_path, metrics_path, history_path, resume_path,
+                  extra: dict | None = None) -> dict:
     atomic_save(model_payload, model_path)
     atomic_write_text(pd.DataFrame(outcome.history).to_csv(index=False), history_path)
     metrics = {
@@ -38,6 +52,7 @@ def write_outputs(*, model_payload: dict, outcome: Outcome, cfg: dict, placement
         "wall_time_s": time.time() - started,
         "train_time_s": sum(row["seconds"] for row in outcome.history),
         "resumed_from_epoch": outcome.resumed_from_epoch,
+        "score": score_key,  # the figure that picked the best epoch
         "best": outcome.best,
         "last": outcome.last,
         **(extra or {}),
@@ -47,32 +62,22 @@ def write_outputs(*, model_payload: dict, outcome: Outcome, cfg: dict, placement
     return metrics
 
 
-def train_classifier(cfg: dict, *, train_path, test_path, teacher_path=None, model_path, metrics_path,
-                     history_path, resume_path, threads: int = 1) -> dict:
+def train(cfg: dict, *, train_path, test_path, teacher_path=None, model_path, metrics_path, history_path,
+          resume_path, threads: int = 1) -> dict:
+    """Train the run ``cfg`` describes (its ``family`` picks the model, loss and evaluation)."""
     started = time.time()
     torch.set_num_threads(max(1, int(threads)))
+    make = family_builder(cfg["family"])
     with placement(cfg["device"]) as place:
-        train, test = load_split(train_path), load_split(test_path)
-        x, y = train["images"], train["labels"]
-        if cfg.get("train_subset"):
-            idx = stratified_subset(y, cfg["train_subset"], cfg["seed"])
-            x, y = x[idx], y[idx]
-        num_classes = len(train["classes"])
-        torch.manual_seed(cfg["seed"])
-        model = build_model(cfg["arch"], num_classes)
-        teacher = load_model_file(teacher_path, place.device) if teacher_path else None
-        family = Classifier(
-            model, (x, y), (test["images"], test["labels"]),
-            method=cfg["method"], batch_size=cfg["train"]["batch_size"], augment=cfg.get("augment", True),
-            teacher=teacher, kd=cfg.get("kd"), device=place.device,
-        )
+        train_split, test_split = load_split(train_path), load_split(test_path)  # any family's prepared dict
+        torch.manual_seed(cfg["seed"])  # model initialisation
+        family, payload, extra = make(cfg, train_split, test_split, place.device, teacher_path)
         outcome = fit(family, Recipe.from_dict(cfg["train"]), seed=cfg["seed"], device=place.device,
                       resume_path=resume_path, run_config=cfg, desc=cfg["run"])
-        payload = {"arch": cfg["arch"], "num_classes": num_classes,
-                   "state_dict": {k: v.cpu() for k, v in model.state_dict().items()}}
+        payload["state_dict"] = {k: v.cpu() for k, v in family.model.state_dict().items()}
         return write_outputs(
             model_payload=payload, outcome=outcome, cfg=cfg, placement_name=place.name, started=started,
+            score_key=family.score_key,
             model_path=model_path, metrics_path=metrics_path, history_path=history_path, resume_path=resume_path,
-            extra={"params": count_parameters(model), "train_images": int(len(y)),
-                   "test_images": int(len(test["labels"]))},
+            extra=extra,
         )

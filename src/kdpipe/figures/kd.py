@@ -10,7 +10,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from kdpipe.plan import METHOD_LABELS  # noqa: E402
-from kdpipe.tables import pair_members  # noqa: E402
+from kdpipe.tables.kd import pair_members  # noqa: E402
 
 COLOURS = {"teacher": "#4d4d4d", "alone": "#1f77b4", "kd_soft": "#d62728", "kd_hard": "#ff7f0e"}
 

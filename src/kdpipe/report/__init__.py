@@ -1,0 +1,1 @@
+"""results/report.pdf from the tables and figures."""

@@ -1,0 +1,1 @@
+"""Tables (pandas) from metrics.json and benchmark files: one module per report section."""

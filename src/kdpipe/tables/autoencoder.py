@@ -1,0 +1,56 @@
+"""Autoencoder-pair tables: one row per run, and per variant mean ± std over seeds."""
+
+import pandas as pd
+
+from kdpipe.io import atomic_write_text, read_json
+
+# X -> Y scored as segmentation, Y -> X as image quality; l1_xy is the label-map reconstruction.
+METRICS = ["pixel_acc", "miou", "l1_yx", "psnr_yx", "ssim_yx", "l1_xy"]
+
+
+def pairs_text(pairs) -> str:
+    return ", ".join(f"e{k}-d{d}" for k, d in pairs) or "none"
+
+
+def ae_run_rows(metrics_files) -> pd.DataFrame:
+    rows = []
+    for path in metrics_files:
+        m = read_json(path)
+        cfg, v = m["config"], m["config"]["variant"]
+        row = {
+            "run": m["run"], "dataset": cfg["dataset"], "dataset_source": cfg["dataset_source"], "variant": v["name"],
+            "pairs": pairs_text(v["pairs"]), "adapter": v["adapter"] or "–", "alpha": v["alpha"], "match": v["match"],
+            "norm": v["norm"], "seed": m["seed"], "epochs": cfg["train"]["epochs"], "best_epoch": m["best"]["epoch"],
+            "width": cfg["width"], "params": m["params"], "train_images": m["train_images"],
+            "wall_time_s": m["wall_time_s"], "device": m["device"], "host": m.get("host", ""),
+            "git_commit": m["git_commit"],
+        }
+        for when in ("best", "last"):
+            for k in METRICS:
+                row[f"{when}_{k}"] = m[when][k]
+        rows.append(row)
+    return pd.DataFrame(rows).sort_values(["dataset", "variant", "seed"]).reset_index(drop=True)
+
+
+def ae_summary(runs: pd.DataFrame, order: list[str] | None = None) -> pd.DataFrame:
+    out = []
+    for variant, g in runs.groupby("variant", sort=False):
+        first = g.iloc[0]
+        row = {k: first[k] for k in ("dataset", "dataset_source", "variant", "pairs", "adapter", "alpha", "match",
+                                      "norm", "params", "epochs", "train_images")}
+        row["seeds"] = len(g)
+        for when in ("best", "last"):
+            for k in METRICS:
+                values = g[f"{when}_{k}"]
+                row[f"{when}_{k}_mean"] = values.mean()
+                row[f"{when}_{k}_std"] = values.std(ddof=1) if len(g) > 1 else float("nan")
+        out.append(row)
+    summary = pd.DataFrame(out)
+    # The baseline first, then the variants in the order they were run.
+    return summary.sort_values("variant", key=lambda s: s.map(lambda v: (v != "baseline", v))).reset_index(drop=True)
+
+
+def autoencoder_tables(metrics_files, *, runs_csv, summary_csv) -> None:
+    runs = ae_run_rows(metrics_files)
+    atomic_write_text(runs.to_csv(index=False), runs_csv)
+    atomic_write_text(ae_summary(runs).to_csv(index=False), summary_csv)

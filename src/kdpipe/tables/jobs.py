@@ -1,0 +1,31 @@
+"""Each job's wall time and peak memory (Snakemake benchmark files), and where it ran."""
+
+from pathlib import Path
+
+import pandas as pd
+
+from kdpipe.io import atomic_write_text, read_json
+
+
+def read_benchmark(path) -> dict:
+    """One Snakemake benchmark file: wall seconds (s), peak resident memory (max_rss, MB), cpu_time."""
+    b = pd.read_csv(path, sep="\t").iloc[0]
+    path = Path(path)
+    return {"rule": path.parent.name, "job": path.stem, "wall_s": float(b["s"]),
+            "max_rss_mb": pd.to_numeric(b.get("max_rss"), errors="coerce"),
+            "cpu_s": pd.to_numeric(b.get("cpu_time"), errors="coerce")}
+
+
+def jobs_table(benchmark_files, metrics_files, *, out_csv) -> pd.DataFrame:
+    """Each job's wall time and peak memory, with where training jobs ran (from their metrics.json)."""
+    where = {}
+    for path in metrics_files:
+        m = read_json(path)
+        where[f"{m['config']['dataset']}-{m['family']}-{m['run']}"] = {
+            "device": m["device"], "host": m.get("host", ""), "slurm_job_id": m.get("slurm_job_id", "")}
+    rows = [{**read_benchmark(p), "device": "", "host": "", "slurm_job_id": ""} for p in benchmark_files]
+    for row in rows:
+        row.update(where.get(row["job"], {}))
+    table = pd.DataFrame(rows).sort_values(["rule", "job"]).reset_index(drop=True)
+    atomic_write_text(table.to_csv(index=False), out_csv)
+    return table

@@ -1,0 +1,62 @@
+"""Self-distillation tables: one row per run, and per method and exit mean ± std over seeds."""
+
+import pandas as pd
+
+from kdpipe.io import atomic_write_text, read_json
+from kdpipe.plan import METHOD_LABELS
+
+EXITS = ["exit1", "exit2", "exit3", "exit4", "ensemble"]
+FIGURES = ["best_top1", "last_top1", "best_top5", "last_top5"]
+
+
+def trained_exits(method: str) -> list[str]:
+    """The baseline trains its last exit only: its other heads (and their ensemble) are untrained."""
+    return EXITS if method == "self_distill" else ["exit4"]
+
+
+def sd_run_rows(metrics_files) -> pd.DataFrame:
+    rows = []
+    for path in metrics_files:
+        m = read_json(path)
+        cfg = m["config"]
+        row = {
+            "run": m["run"], "dataset": cfg["dataset"], "dataset_source": cfg.get("dataset_source", ""),
+            "method": cfg["method"], "arch": cfg["arch"], "width": cfg["width"], "seed": m["seed"],
+            "epochs": cfg["train"]["epochs"], "best_epoch": m["best"]["epoch"], "train_images": m["train_images"],
+            "wall_time_s": m["wall_time_s"], "device": m["device"], "host": m.get("host", ""),
+            "git_commit": m["git_commit"], **{f"sd_{k}": v for k, v in cfg.get("self_distill", {}).items()},
+        }
+        for cost in m["exits"]:
+            name = cost["exit"] if cost["exit"] == "ensemble" else f"exit{cost['exit']}"
+            row[f"params_{name}"], row[f"macs_{name}"] = cost["params"], cost["macs"]
+            for when in ("best", "last"):
+                for k in ("top1", "top5"):
+                    row[f"{when}_{k}_{name}"] = m[when][f"{k}_{name}"]
+        rows.append(row)
+    return pd.DataFrame(rows).sort_values(["dataset", "method", "arch", "seed"]).reset_index(drop=True)
+
+
+def sd_summary(runs: pd.DataFrame) -> pd.DataFrame:
+    out = []
+    for (dataset, method, arch), g in runs.groupby(["dataset", "method", "arch"], sort=False):
+        first = g.iloc[0]
+        for name in EXITS:
+            row = {"dataset": dataset, "dataset_source": first["dataset_source"], "method": method,
+                   "label": METHOD_LABELS[method], "arch": arch, "width": int(first["width"]), "exit": name,
+                   "trained": name in trained_exits(method), "params": int(first[f"params_{name}"]),
+                   "macs": int(first[f"macs_{name}"]), "seeds": len(g), "epochs": int(first["epochs"]),
+                   "train_images": int(first["train_images"])}
+            for k in ("temperature", "alpha", "lam", "detach_teacher"):
+                row[k] = first.get(f"sd_{k}")
+            for fig in FIGURES:
+                values = g[f"{fig}_{name}"]
+                row[f"{fig}_mean"] = values.mean()
+                row[f"{fig}_std"] = values.std(ddof=1) if len(g) > 1 else float("nan")
+            out.append(row)
+    return pd.DataFrame(out)
+
+
+def self_distill_tables(metrics_files, *, runs_csv, summary_csv) -> None:
+    runs = sd_run_rows(metrics_files)
+    atomic_write_text(runs.to_csv(index=False), runs_csv)
+    atomic_write_text(sd_summary(runs).to_csv(index=False), summary_csv)

@@ -1,0 +1,33 @@
+# Every trained model, of every family, is one job of this rule:
+#   results/<set>/<family>/<run>/{model.pt, metrics.json, history.csv}
+# <family>/<run> reads as classify/teacher-resnet56-s0, classify/kd_soft-resnet20-from-resnet56-s0,
+# self_distill/self_distill-resnet18-s0, self_distill/baseline-resnet18-s0, ...
+
+
+rule train:
+    input:
+        unpack(training_inputs),
+    output:
+        model="results/{dataset}/{family}/{run}/model.pt",
+        metrics="results/{dataset}/{family}/{run}/metrics.json",
+        history="results/{dataset}/{family}/{run}/history.csv",
+    params:
+        run=run_config_json,
+        # Per-epoch checkpoint, kept when a job dies so its rerun resumes; deleted on success.
+        resume=lambda wc: f"{run_dir(wc.dataset, wc.family, wc.run)}/resume.pt",
+    log:
+        "results/logs/train/{dataset}-{family}-{run}.log",
+    benchmark:
+        "results/benchmarks/train/{dataset}-{family}-{run}.tsv"
+    wildcard_constraints:
+        dataset=alternatives(USED_DATASETS),
+        family="classify|self_distill|autoencoder",
+    threads: 1
+    resources:
+        gpu=1,
+    conda:
+        "../../envs/kdpipe.yaml"
+    shell:
+        "kdpipe train --run-config {params.run:q} --threads {threads} "
+        "--train {input.train} --test {input.test} --teacher {input.teacher} --resume {params.resume} "
+        "--model {output.model} --metrics {output.metrics} --history {output.history} > {log} 2>&1"
