@@ -308,3 +308,34 @@ def test_fetch_404_raises_and_leaves_nothing(http_server, tmp_path):
     if isinstance(excinfo.value, urllib.error.HTTPError):
         assert excinfo.value.code == 404
     assert list(dest.parent.iterdir()) == []
+
+
+# --- archives with no published checksum (pix2pix): trust on first use -----------------------
+
+
+def test_first_download_records_its_sha256_and_later_ones_must_match(http_server, tmp_path):
+    (http_server.root / "cityscapes.tar.gz").write_bytes(b"first version")
+    dest_dir = tmp_path / "raw"
+    record = dest_dir / "cityscapes.tar.gz.sha256"
+    fetch(http_server.url("cityscapes.tar.gz"), dest_dir / "cityscapes.tar.gz", record_sha256=record)
+    assert record.read_text().strip() == hashlib.sha256(b"first version").hexdigest()
+    (dest_dir / "cityscapes.tar.gz").unlink()
+    # The same archive again: accepted.
+    fetch(http_server.url("cityscapes.tar.gz"), dest_dir / "cityscapes.tar.gz", record_sha256=record)
+    (dest_dir / "cityscapes.tar.gz").unlink()
+    # A different archive at the same URL: refused, nothing written, the record unchanged.
+    (http_server.root / "cityscapes.tar.gz").write_bytes(b"something else")
+    with pytest.raises(ArchiveError, match="sha256 mismatch.*first download"):
+        fetch(http_server.url("cityscapes.tar.gz"), dest_dir / "cityscapes.tar.gz", record_sha256=record)
+    assert sorted(p.name for p in dest_dir.iterdir()) == ["cityscapes.tar.gz.sha256"]
+    assert record.read_text().strip() == hashlib.sha256(b"first version").hexdigest()
+
+
+def test_configured_sha256_wins_over_the_record(http_server, tmp_path):
+    (http_server.root / "a.tar.gz").write_bytes(b"payload")
+    good = hashlib.sha256(b"payload").hexdigest()
+    with pytest.raises(ArchiveError, match="sha256 mismatch.*the config"):
+        fetch(http_server.url("a.tar.gz"), tmp_path / "a.tar.gz", sha256="0" * 64)
+    assert not (tmp_path / "a.tar.gz").exists()
+    fetch(http_server.url("a.tar.gz"), tmp_path / "a.tar.gz", sha256=good)
+    assert (tmp_path / "a.tar.gz").read_bytes() == b"payload"

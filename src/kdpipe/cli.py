@@ -109,6 +109,15 @@ def cmd_report(a):
     build_report(out=a.out, name=a.name, tables_dir=a.tables, figures_dir=a.figures)
 
 
+def _tables_parser(sub, name: str, help_: str, func) -> None:
+    """The tables-* steps read metrics.json files and write a per-run and a summary table."""
+    s = sub.add_parser(name, help=help_)
+    s.add_argument("--metrics", required=True, nargs="+", type=Path)
+    s.add_argument("--runs", required=True, type=Path, help="one row per run")
+    s.add_argument("--summary", required=True, type=Path, help="mean ± std over seeds")
+    s.set_defaults(func=func)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kdpipe", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -168,11 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=1)
     s.set_defaults(func=cmd_train)
 
-    s = sub.add_parser("tables-kd", help="KD tables from the runs' metrics.json files")
-    s.add_argument("--metrics", required=True, nargs="+", type=Path)
-    s.add_argument("--runs", required=True, type=Path, help="one row per run")
-    s.add_argument("--summary", required=True, type=Path, help="mean ± std over seeds")
-    s.set_defaults(func=cmd_tables_kd)
+    _tables_parser(sub, "tables-kd", "KD tables from the runs' metrics.json files", cmd_tables_kd)
 
     s = sub.add_parser("tables-jobs", help="each job's wall time and peak memory from benchmark files")
     s.add_argument("--benchmarks", required=True, nargs="+", type=Path)
@@ -187,11 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out-dir", required=True, type=Path)
     s.set_defaults(func=cmd_figures_kd)
 
-    s = sub.add_parser("tables-self-distill", help="self-distillation tables from metrics.json files")
-    s.add_argument("--metrics", required=True, nargs="+", type=Path)
-    s.add_argument("--runs", required=True, type=Path, help="one row per run")
-    s.add_argument("--summary", required=True, type=Path, help="per method and exit, mean ± std over seeds")
-    s.set_defaults(func=cmd_tables_self_distill)
+    _tables_parser(sub, "tables-self-distill", "self-distillation tables from metrics.json files", cmd_tables_self_distill)
 
     s = sub.add_parser("figures-self-distill", help="accuracy against cost, and per-exit curves")
     s.add_argument("--summary", required=True, type=Path)
@@ -201,11 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--curves", required=True, type=Path, help="PNG: test accuracy of every exit per epoch")
     s.set_defaults(func=cmd_figures_self_distill)
 
-    s = sub.add_parser("tables-autoencoder", help="autoencoder-pair tables from metrics.json files")
-    s.add_argument("--metrics", required=True, nargs="+", type=Path)
-    s.add_argument("--runs", required=True, type=Path, help="one row per run")
-    s.add_argument("--summary", required=True, type=Path, help="per variant, mean ± std over seeds")
-    s.set_defaults(func=cmd_tables_autoencoder)
+    _tables_parser(sub, "tables-autoencoder", "autoencoder-pair tables from metrics.json files", cmd_tables_autoencoder)
 
     s = sub.add_parser("figures-autoencoder", help="picture grids for every variant and direction, loss curves")
     s.add_argument("--runs", required=True, type=Path)

@@ -20,7 +20,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from kdpipe.models.resnet_cifar import BasicBlock, conv3x3
+from kdpipe.models.resnet_cifar import BasicBlock, conv3x3, init_resnet_weights
 
 
 class Bottleneck(nn.Module):
@@ -72,12 +72,7 @@ class MultiExitResNet(nn.Module):
         )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fcs = nn.ModuleList(nn.Linear(widths[3] * block.expansion, num_classes) for _ in range(4))
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_resnet_weights(self)
 
     def _make_stage(self, block, planes: int, blocks: int, stride: int) -> nn.Sequential:
         downsample = None

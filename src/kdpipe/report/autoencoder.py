@@ -47,7 +47,7 @@ def autoencoder_section(pdf, summary: pd.DataFrame, figures_dir: Path) -> None:
         f"{int(first['epochs'])} epochs, {int(first['params']):,} parameters per pair. Matching direction: "
         f"{first['match']} ({'encoders of X→Y against decoders of Y→X, as in the seed equation' if first['match'] == 'formula' else 'encoders of Y→X against decoders of X→Y, as in the seed prose' if first['match'] == 'prose' else 'both directions'}). "
         f"X→Y is scored as segmentation (predicted colours mapped to the nearest of the 19 class colours; pixel "
-        f"accuracy, mean IoU, void ignored), Y→X as image quality (L1 on [0, 1], PSNR, SSIM). Best = the epoch with "
+        f"accuracy, and IoU averaged over the classes that occur; void pixels ignored), Y→X as image quality (L1 on [0, 1], PSNR, SSIM). Best = the epoch with "
         f"the best X→Y mIoU. Mean ± std over {int(summary['seeds'].min())} seed(s)."
     )
     y = text(fig, 0.91, setup, size=9.5, width=100)
