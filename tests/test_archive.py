@@ -313,22 +313,40 @@ def test_fetch_404_raises_and_leaves_nothing(http_server, tmp_path):
 # --- archives with no published checksum (pix2pix): trust on first use -----------------------
 
 
+def _tar_bytes(content: bytes) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        info = tarfile.TarInfo("cityscapes/train/1.jpg")
+        info.size = len(content)
+        tf.addfile(info, io.BytesIO(content))
+    return buf.getvalue()
+
+
 def test_first_download_records_its_sha256_and_later_ones_must_match(http_server, tmp_path):
-    (http_server.root / "cityscapes.tar.gz").write_bytes(b"first version")
+    first = _tar_bytes(b"first version")
+    (http_server.root / "cityscapes.tar.gz").write_bytes(first)
     dest_dir = tmp_path / "raw"
     record = dest_dir / "cityscapes.tar.gz.sha256"
     fetch(http_server.url("cityscapes.tar.gz"), dest_dir / "cityscapes.tar.gz", record_sha256=record)
-    assert record.read_text().strip() == hashlib.sha256(b"first version").hexdigest()
+    assert record.read_text().strip() == hashlib.sha256(first).hexdigest()
     (dest_dir / "cityscapes.tar.gz").unlink()
     # The same archive again: accepted.
     fetch(http_server.url("cityscapes.tar.gz"), dest_dir / "cityscapes.tar.gz", record_sha256=record)
     (dest_dir / "cityscapes.tar.gz").unlink()
     # A different archive at the same URL: refused, nothing written, the record unchanged.
-    (http_server.root / "cityscapes.tar.gz").write_bytes(b"something else")
+    (http_server.root / "cityscapes.tar.gz").write_bytes(_tar_bytes(b"something else"))
     with pytest.raises(ArchiveError, match="sha256 mismatch.*first download"):
         fetch(http_server.url("cityscapes.tar.gz"), dest_dir / "cityscapes.tar.gz", record_sha256=record)
     assert sorted(p.name for p in dest_dir.iterdir()) == ["cityscapes.tar.gz.sha256"]
-    assert record.read_text().strip() == hashlib.sha256(b"first version").hexdigest()
+    assert record.read_text().strip() == hashlib.sha256(first).hexdigest()
+
+
+def test_an_error_page_is_never_recorded_as_the_trusted_archive(http_server, tmp_path):
+    (http_server.root / "cityscapes.tar.gz").write_bytes(b"<html>Service unavailable</html>")
+    raw = tmp_path / "raw"
+    with pytest.raises(ArchiveError, match="did not return an archive"):
+        fetch(http_server.url("cityscapes.tar.gz"), raw / "cityscapes.tar.gz", record_sha256=raw / "cityscapes.tar.gz.sha256")
+    assert sorted(p.name for p in raw.iterdir()) == []
 
 
 def test_configured_sha256_wins_over_the_record(http_server, tmp_path):

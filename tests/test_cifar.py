@@ -160,8 +160,8 @@ def test_fetch_and_prepare(kind, http_server, tmp_path):
     _check_split(test_out, *expected["test"], expected["classes"])
     n_train = {"cifar10": 3 + 4 + 2 + 5 + 3, "cifar100": 12}[kind]
     assert len(load_split(train_out)["labels"]) == n_train
-    # The archive is unpacked beside itself.
-    assert (Path(archive).parent / "extracted").is_dir()
+    # The archive was unpacked only for the reading: nothing but the archive stays beside it.
+    assert [p.name for p in Path(archive).parent.iterdir()] == [Path(archive).name]
 
 
 def test_train_batches_are_concatenated_in_order(tmp_path):

@@ -199,7 +199,7 @@ def test_prepare_pix2pix_from_a_served_archive(http_server, tmp_path):
     _pix2pix_archive(http_server.root / "cityscapes.tar.gz", scenes)
     archive = fetch(http_server.url("cityscapes.tar.gz"), tmp_path / "raw" / "cityscapes.tar.gz")
     cs.prepare_pix2pix(archive, size=32, train_out=tmp_path / "train.pt", test_out=tmp_path / "test.pt")
-    assert (tmp_path / "raw" / "extracted" / "cityscapes" / "val" / "2.jpg").is_file()
+    assert [p.name for p in (tmp_path / "raw").iterdir()] == ["cityscapes.tar.gz"]  # unpacked copy removed
     for split, out in (("train", "train.pt"), ("val", "test.pt")):
         data = cs.load_pairs(tmp_path / out)
         true_photos, _, true_ids = scenes[split]

@@ -57,7 +57,8 @@ def test_report_holds_the_self_distillation_section(demo):
         else:
             assert "not trained" in line
     # The published per-exit numbers stand beside ours as a labelled reference.
-    assert "67.85" in text and "78.64" in text and "Reference, not measured here" in text
+    flat = " ".join(text.split())
+    assert "67.85 / 74.57 / 78.23 / 78.64" in flat and "Reference, not measured here" in flat
     metrics = json.loads(next((demo / "results" / "synthetic10" / "self_distill").glob("self_distill-*/metrics.json")).read_text())
     assert [c["exit"] for c in metrics["exits"]] == [1, 2, 3, 4, "ensemble"]
     assert {"top1_exit1", "top1_exit4", "top1_ensemble", "top5_exit2"} <= set(metrics["best"])
@@ -90,7 +91,7 @@ def test_every_run_records_what_made_it(demo):
 def test_report_holds_the_autoencoder_section(demo):
     text = "\n".join(page.extract_text() for page in PdfReader(demo / "results" / "report.pdf").pages)
     summary = pd.read_csv(demo / "results" / "tables" / "autoencoder_summary.csv")
-    assert list(summary["variant"]) == ["baseline", "e1d4_conv", "e1d4_e2d3_maxpool", "e1d4_maxpool"]
+    assert list(summary["variant"]) == ["baseline", "e1d4_maxpool", "e1d4_e2d3_maxpool", "e1d4_conv"]  # the seed's order
     assert "3 Autoencoders teaching each other (Cityscapes)" in text
     assert "Matching direction: formula" in text
     for _, row in summary.iterrows():

@@ -180,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     _tables_parser(sub, "tables-kd", "KD tables from the runs' metrics.json files", cmd_tables_kd)
 
     s = sub.add_parser("tables-jobs", help="each job's wall time and peak memory from benchmark files")
-    s.add_argument("--benchmarks", required=True, nargs="+", type=Path)
+    s.add_argument("--benchmarks", nargs="*", type=Path, default=[], help="Snakemake benchmark files")
     s.add_argument("--metrics", nargs="*", type=Path, default=[], help="where training jobs ran")
     s.add_argument("--out", required=True, type=Path)
     s.set_defaults(func=cmd_tables_jobs)

@@ -34,7 +34,11 @@ class Placement:
 
 
 def default_lock_dir() -> Path:
-    return Path(os.environ.get(LOCK_DIR_ENV) or Path(tempfile.gettempdir()) / "kdpipe-gpu-locks")
+    """Per SLURM allocation when inside one (its GPU ids are its own), else one per machine."""
+    if os.environ.get(LOCK_DIR_ENV):
+        return Path(os.environ[LOCK_DIR_ENV])
+    job = os.environ.get("SLURM_JOB_ID")
+    return Path(tempfile.gettempdir()) / (f"kdpipe-gpu-locks-slurm{job}" if job else "kdpipe-gpu-locks")
 
 
 def simulated_gpu_ids() -> list[str]:
@@ -61,11 +65,18 @@ def claim_gpu(ids: list[str], lock_dir: str | os.PathLike | None = None, poll_s:
     if not ids:
         raise ValueError("no GPU ids to claim from")
     lock_dir = Path(lock_dir or default_lock_dir())
-    lock_dir.mkdir(parents=True, exist_ok=True)
+    if not lock_dir.exists():
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(lock_dir, 0o1777)  # shared by every user of the workstation, like /tmp
     waited = False
     while True:
         for index, gpu_id in enumerate(ids):
-            fh = open(lock_dir / f"gpu-{gpu_id}.lock", "a+")
+            fd = os.open(lock_dir / f"gpu-{gpu_id}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                os.fchmod(fd, 0o666)  # other users must be able to lock it too (the umask hides w)
+            except PermissionError:
+                pass  # someone else's file: they made it shareable
+            fh = os.fdopen(fd, "r+")
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -87,8 +98,9 @@ def claim_gpu(ids: list[str], lock_dir: str | os.PathLike | None = None, poll_s:
         time.sleep(poll_s)
 
 
-def _under_scheduler() -> bool:
-    return "SLURM_JOB_ID" in os.environ and "CUDA_VISIBLE_DEVICES" in os.environ
+def _scheduler_isolated(ids: list[str]) -> bool:
+    """A scheduler gave this job exactly one GPU of its own: nothing to share, nothing to lock."""
+    return "SLURM_JOB_ID" in os.environ and "CUDA_VISIBLE_DEVICES" in os.environ and len(ids) == 1
 
 
 @contextmanager
@@ -103,7 +115,7 @@ def placement(requested: str = "auto", lock_dir: str | os.PathLike | None = None
         yield Placement(torch.device("cpu"), "cpu", None)
         return
     simulated = bool(simulated_gpu_ids())
-    if _under_scheduler() and not simulated:
+    if _scheduler_isolated(ids) and not simulated:
         torch.cuda.set_device(0)
         yield Placement(torch.device("cuda", 0), f"cuda:{ids[0]} ({torch.cuda.get_device_name(0)})", ids[0])
         return

@@ -9,7 +9,6 @@ else's (Snakemake reruns a job whose params changed).
 from kdpipe.data.sources import CIFAR as CIFAR_SOURCES
 
 KD_METHODS = ("kd_soft", "kd_hard")
-STUDENT_METHODS = ("alone",) + KD_METHODS
 METHOD_LABELS = {
     "teacher": "teacher",
     "alone": "student alone",
@@ -19,7 +18,9 @@ METHOD_LABELS = {
     "baseline": "baseline (last exit only)",
 }
 PIX2PIX_URL = "http://efrosgans.eecs.berkeley.edu/pix2pix/datasets/cityscapes.tar.gz"
-OFFICIAL_ZIPS = ("leftImg8bit_trainvaltest.zip", "gtFine_trainvaltest.zip")
+# Downloaded archives are stored under these names, whatever the (mirror's) URL looks like.
+ARCHIVE_NAMES = {"cifar10": "cifar-10-python.tar.gz", "cifar100": "cifar-100-python.tar.gz",
+                 "pix2pix": "cityscapes.tar.gz"}
 SELF_DISTILL_METHODS = ("self_distill", "baseline")
 
 
@@ -121,10 +122,10 @@ def ae_variants(config: dict) -> dict[str, dict]:
     """Each named variant with every setting resolved (a variant's keys override the block's)."""
     c = config["autoencoder"]
     variants = {}
-    for name, v in c["variants"].items():
+    for order, (name, v) in enumerate(c["variants"].items()):
         pairs = [list(p) for p in v.get("pairs", [])]
         variants[name] = {
-            "name": name, "pairs": pairs, "adapter": v.get("adapter") if pairs else None,
+            "name": name, "order": order, "pairs": pairs, "adapter": v.get("adapter") if pairs else None,
             "alpha": v.get("alpha", c["alpha"]) if pairs else 0.0,
             "match": v.get("match", c["match"]), "norm": v.get("norm", c["norm"]),
         }

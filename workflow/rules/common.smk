@@ -33,12 +33,11 @@ def dataset_entry(wildcards):
     return plan.dataset_config(config, wildcards.dataset)
 
 
-def archive_name_of(url):
-    return url.rsplit("/", 1)[-1]
-
-
 def archive_name(dataset):
-    return archive_name_of(plan.dataset_config(config, dataset)["url"])
+    """Where a downloaded archive is kept: named by its source, whatever a mirror's URL looks like."""
+    if dataset == AE_DATA["name"]:
+        return plan.ARCHIVE_NAMES["pix2pix"]
+    return plan.ARCHIVE_NAMES[plan.dataset_config(config, dataset)["source"]]
 
 
 def raw_archive(wildcards):
@@ -88,7 +87,7 @@ def data_benchmarks():
         if name == AE_DATA["name"]:
             source = AE_DATA["source"]
             if source == "pix2pix":
-                files.append(f"{RESULTS}/benchmarks/download_pix2pix/{name}-{archive_name_of(AE_DATA['url'])}.tsv")
+                files.append(f"{RESULTS}/benchmarks/download_pix2pix/{name}-{archive_name(name)}.tsv")
             step = {"synthetic": "prepare_street_scenes", "pix2pix": "prepare_pix2pix", "official": "prepare_cityscapes"}
             files.append(f"{RESULTS}/benchmarks/{step[source]}/{name}.tsv")
         elif name in SYNTHETIC_SETS:

@@ -115,7 +115,7 @@ rule download_pix2pix:
 
 rule prepare_pix2pix:
     input:
-        archive=lambda wc: f"data/raw/{wc.dataset}/{archive_name_of(AE_DATA['url'])}",
+        archive=lambda wc: f"data/raw/{wc.dataset}/{archive_name(wc.dataset)}",
     output:
         train="data/prepared/{dataset}/train.pt",
         test="data/prepared/{dataset}/test.pt",

@@ -6,6 +6,7 @@ refuses links, device files and any member whose path would leave the target fol
 unpacks into a temporary folder that is renamed into place only when every member is in.
 """
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -60,6 +61,9 @@ def fetch(url: str, dest: str | os.PathLike, md5: str | None = None, sha256: str
                     "The download was discarded."
                 )
             if record_sha256 and recorded is None:
+                # Trust only a real archive: an error page served with status 200 must not be recorded.
+                if not (tarfile.is_tarfile(got) or zipfile.is_zipfile(got)):
+                    raise ArchiveError(f"{url} did not return an archive; nothing was recorded or kept")
                 Path(record_sha256).write_text(actual + "\n")
         os.replace(got, dest)
     return dest
@@ -100,3 +104,11 @@ def safe_extract(archive: str | os.PathLike, target: str | os.PathLike) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+@contextlib.contextmanager
+def unpacked(archive: str | os.PathLike):
+    """Safely unpack ``archive`` into a temporary folder beside it, removed afterwards: the
+    prepared tensors are the only copy of the data the pipeline keeps besides the archive."""
+    with tempfile.TemporaryDirectory(dir=Path(archive).parent, prefix=".unpacked-") as tmp:
+        yield safe_extract(archive, Path(tmp) / "archive")

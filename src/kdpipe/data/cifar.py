@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kdpipe.data.archive import ArchiveError, safe_extract
+from kdpipe.data.archive import ArchiveError, unpacked
 from kdpipe.data.prepared import save_split
 from kdpipe.data.sources import CIFAR as SOURCES
 
@@ -50,15 +50,15 @@ def _read_split(folder: Path, files: list[str], label_key: str) -> tuple[torch.T
 
 
 def prepare_cifar(kind: str, archive: str | Path, *, train_out: str | Path, test_out: str | Path) -> None:
-    """Unpack ``archive`` beside itself (``extracted/``) and write the prepared train and test splits."""
+    """Unpack ``archive`` (temporarily) and write the prepared train and test splits."""
     spec = SOURCES[kind]
-    extracted = safe_extract(archive, Path(archive).parent / "extracted")
-    folder = extracted / spec["folder"]
-    if not folder.is_dir():
-        raise ArchiveError(f"{archive} does not contain {spec['folder']}/: is it the {kind} python archive?")
-    meta_file, meta_key = spec["meta"]
-    classes = [c.decode() if isinstance(c, bytes) else c for c in _load_batch(folder / meta_file)[meta_key]]
-    # Read every batch before writing anything: a refused pickle leaves no half-prepared set.
-    splits = {split: _read_split(folder, spec[split], spec["label_key"]) for split in ("train", "test")}
+    with unpacked(archive) as extracted:
+        folder = extracted / spec["folder"]
+        if not folder.is_dir():
+            raise ArchiveError(f"{archive} does not contain {spec['folder']}/: is it the {kind} python archive?")
+        meta_file, meta_key = spec["meta"]
+        classes = [c.decode() if isinstance(c, bytes) else c for c in _load_batch(folder / meta_file)[meta_key]]
+        # Read every batch before writing anything: a refused pickle leaves no half-prepared set.
+        splits = {split: _read_split(folder, spec[split], spec["label_key"]) for split in ("train", "test")}
     for split, out in (("train", train_out), ("test", test_out)):
         save_split(out, *splits[split], classes)

@@ -38,7 +38,7 @@ from PIL import Image
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from kdpipe.data.archive import ArchiveError, _check_member, safe_extract
+from kdpipe.data.archive import ArchiveError, _check_member, unpacked
 from kdpipe.io import atomic_save
 
 CLASS_NAMES = [
@@ -230,15 +230,15 @@ def _read_pix2pix_split(folder: Path, size: int) -> tuple[torch.Tensor, torch.Te
 
 
 def prepare_pix2pix(archive: str | os.PathLike, *, size: int, train_out, test_out) -> None:
-    """Unpack pix2pix's cityscapes.tar.gz beside itself (``extracted/``); write train and val (as test)."""
+    """Unpack pix2pix's cityscapes.tar.gz (temporarily); write train and val (as test)."""
     _check_size(size)
-    extracted = safe_extract(archive, Path(archive).parent / "extracted")
-    folders = {split: extracted / "cityscapes" / split for split in ("train", "val")}
-    missing = [f"cityscapes/{s}/" for s, f in folders.items() if not f.is_dir()]
-    if missing:
-        raise ArchiveError(f"{archive} does not contain {', '.join(missing)}: is it pix2pix's cityscapes.tar.gz?")
-    # Read every image before writing anything: a bad image leaves no half-prepared set.
-    splits = {split: _read_pix2pix_split(folder, size) for split, folder in folders.items()}
+    with unpacked(archive) as extracted:
+        folders = {split: extracted / "cityscapes" / split for split in ("train", "val")}
+        missing = [f"cityscapes/{s}/" for s, f in folders.items() if not f.is_dir()]
+        if missing:
+            raise ArchiveError(f"{archive} does not contain {', '.join(missing)}: is it pix2pix's cityscapes.tar.gz?")
+        # Read every image before writing anything: a bad image leaves no half-prepared set.
+        splits = {split: _read_pix2pix_split(folder, size) for split, folder in folders.items()}
     for split, out in (("train", train_out), ("val", test_out)):
         save_pairs(out, *splits[split])
 

@@ -19,6 +19,7 @@ def ae_run_rows(metrics_files) -> pd.DataFrame:
         cfg, v = m["config"], m["config"]["variant"]
         row = {
             "run": m["run"], "dataset": cfg["dataset"], "dataset_source": cfg["dataset_source"], "variant": v["name"],
+            "order": v.get("order", 0),
             "pairs": pairs_text(v["pairs"]), "adapter": v["adapter"] or "–", "alpha": v["alpha"], "match": v["match"],
             "norm": v["norm"], "seed": m["seed"], "epochs": cfg["train"]["epochs"], "best_epoch": m["best"]["epoch"],
             "width": cfg["width"], "params": m["params"], "train_images": m["train_images"],
@@ -32,12 +33,12 @@ def ae_run_rows(metrics_files) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values(["dataset", "variant", "seed"]).reset_index(drop=True)
 
 
-def ae_summary(runs: pd.DataFrame, order: list[str] | None = None) -> pd.DataFrame:
+def ae_summary(runs: pd.DataFrame) -> pd.DataFrame:
     out = []
     for variant, g in runs.groupby("variant", sort=False):
         first = g.iloc[0]
-        row = {k: first[k] for k in ("dataset", "dataset_source", "variant", "pairs", "adapter", "alpha", "match",
-                                      "norm", "params", "epochs", "train_images")}
+        row = {k: first[k] for k in ("dataset", "dataset_source", "variant", "order", "pairs", "adapter", "alpha",
+                                      "match", "norm", "params", "epochs", "train_images")}
         row["seeds"] = len(g)
         for when in ("best", "last"):
             for k in METRICS:
@@ -45,9 +46,8 @@ def ae_summary(runs: pd.DataFrame, order: list[str] | None = None) -> pd.DataFra
                 row[f"{when}_{k}_mean"] = values.mean()
                 row[f"{when}_{k}_std"] = values.std(ddof=1) if len(g) > 1 else float("nan")
         out.append(row)
-    summary = pd.DataFrame(out)
-    # The baseline first, then the variants in the order they were run.
-    return summary.sort_values("variant", key=lambda s: s.map(lambda v: (v != "baseline", v))).reset_index(drop=True)
+    # In the config's order: the seed's baseline, then Experiments 1, 2, 3, then the user's own.
+    return pd.DataFrame(out).sort_values("order", kind="stable").reset_index(drop=True)
 
 
 def autoencoder_tables(metrics_files, *, runs_csv, summary_csv) -> None:

@@ -23,9 +23,13 @@ def jobs_table(benchmark_files, metrics_files, *, out_csv) -> pd.DataFrame:
         m = read_json(path)
         where[f"{m['config']['dataset']}-{m['family']}-{m['run']}"] = {
             "device": m["device"], "host": m.get("host", ""), "slurm_job_id": m.get("slurm_job_id", "")}
-    rows = [{**read_benchmark(p), "device": "", "host": "", "slurm_job_id": ""} for p in benchmark_files]
+    present = [p for p in benchmark_files if Path(p).exists()]
+    for p in sorted(set(map(str, benchmark_files)) - set(map(str, present))):
+        print(f"kdpipe: no benchmark file {p} (made elsewhere or by hand); left out of the jobs table")
+    rows = [{**read_benchmark(p), "device": "", "host": "", "slurm_job_id": ""} for p in present]
     for row in rows:
         row.update(where.get(row["job"], {}))
-    table = pd.DataFrame(rows).sort_values(["rule", "job"]).reset_index(drop=True)
+    columns = ["rule", "job", "wall_s", "max_rss_mb", "cpu_s", "device", "host", "slurm_job_id"]
+    table = pd.DataFrame(rows, columns=columns).sort_values(["rule", "job"]).reset_index(drop=True)
     atomic_write_text(table.to_csv(index=False), out_csv)
     return table

@@ -13,6 +13,7 @@ from torchmetrics.functional.image import peak_signal_noise_ratio, structural_si
 
 from kdpipe import losses
 from kdpipe.data.cityscapes import CLASS_NAMES, VOID, colours_to_ids
+from kdpipe.models import count_parameters
 from kdpipe.models.autoencoder import AutoEncoderPair, build_pair, to_signed, to_uint8
 
 
@@ -71,7 +72,9 @@ class AutoEncoderPairFamily:
             px, tx = pred_x.float() / 255, x.float() / 255
             b = len(x)
             sums["l1_yx"] += float((px - tx).abs().mean()) * b
-            sums["psnr_yx"] += float(peak_signal_noise_ratio(px, tx, data_range=1.0)) * b
+            # Per image, then averaged: pooling the error over a batch would tie PSNR to the batch size.
+            psnr = peak_signal_noise_ratio(px, tx, data_range=1.0, reduction="none", dim=(1, 2, 3))
+            sums["psnr_yx"] += float(psnr.clamp(max=100.0).sum())
             sums["ssim_yx"] += float(structural_similarity_index_measure(px, tx, data_range=1.0)) * b
             sums["l1_xy"] += float((pred_y.float() / 255 - y.float() / 255).abs().mean()) * b
         scores = {k: v / n for k, v in sums.items()}
@@ -85,6 +88,6 @@ def make_ae_pair(cfg: dict, train: dict, test: dict, device: torch.device, teach
     v = cfg["variant"]
     family = AutoEncoderPairFamily(model, train, test, batch_size=cfg["train"]["batch_size"], alpha=v["alpha"],
                                    norm=v["norm"], augment=cfg.get("augment", True), device=device)
-    extra = {"params": sum(p.numel() for p in model.parameters()), "train_images": int(len(train["photos"])),
+    extra = {"params": count_parameters(model), "train_images": int(len(train["photos"])),
              "test_images": int(len(test["photos"]))}
     return family, {"autoencoder_pair": True, "config": cfg}, extra

@@ -79,6 +79,12 @@ def fingerprint(run_config: dict) -> str:
     return hashlib.sha256(json.dumps(run_config, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def input_identity(path) -> list:
+    """What changes when an input file is rebuilt: a resumed run must not mix old and new inputs."""
+    st = Path(path).stat()
+    return [str(path), st.st_size, st.st_mtime_ns]
+
+
 def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
     g = torch.Generator(device=device)
     g.manual_seed(int(seed) * 1_000_003 + int(epoch))
@@ -111,13 +117,18 @@ def fit(
     device: torch.device,
     resume_path: str | Path,
     run_config: dict,
+    inputs: list | None = None,
     desc: str = "train",
 ) -> Outcome:
-    """Train ``family.model`` for ``recipe.epochs``, resuming from ``resume_path`` if it matches."""
+    """Train ``family.model`` for ``recipe.epochs``, resuming from ``resume_path`` if it matches.
+
+    A checkpoint matches when it was written for the same run config and the same input files
+    (``inputs``: data, teacher; identified by size and modification time).
+    """
     resume_path = Path(resume_path)
     model = family.model
     optimizer = recipe.make_optimizer(model.parameters())
-    fp = fingerprint(run_config)
+    fp = fingerprint({"config": run_config, "inputs": [input_identity(p) for p in inputs or []]})
     start, outcome = _load_resume(resume_path, fp, model, optimizer)
     quiet = not sys.stderr.isatty()
     for epoch in range(start, recipe.epochs):

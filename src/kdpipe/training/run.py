@@ -73,7 +73,8 @@ def train(cfg: dict, *, train_path, test_path, teacher_path=None, model_path, me
         torch.manual_seed(cfg["seed"])  # model initialisation
         family, payload, extra = make(cfg, train_split, test_split, place.device, teacher_path)
         outcome = fit(family, Recipe.from_dict(cfg["train"]), seed=cfg["seed"], device=place.device,
-                      resume_path=resume_path, run_config=cfg, desc=cfg["run"])
+                      resume_path=resume_path, run_config=cfg, desc=cfg["run"],
+                      inputs=[p for p in (train_path, test_path, teacher_path) if p])
         payload["state_dict"] = {k: v.cpu() for k, v in family.model.state_dict().items()}
         return write_outputs(
             model_payload=payload, outcome=outcome, cfg=cfg, placement_name=place.name, started=started,

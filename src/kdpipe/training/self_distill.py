@@ -3,6 +3,7 @@
 import torch
 
 from kdpipe import losses
+from kdpipe.models import count_parameters
 from kdpipe.models.multi_exit import MULTI_EXIT_RESNETS, exit_costs
 from kdpipe.training.classify import Classifier, accuracy_percent, topk_hits, training_images
 
@@ -57,7 +58,7 @@ def make_multi_exit(cfg: dict, train: dict, test: dict, device: torch.device, te
     costs = exit_costs(model, tuple(x.shape[1:]))
     family = MultiExitClassifier(model, (x, y), (test["images"], test["labels"]), method=cfg["method"],
                                  batch_size=cfg["train"]["batch_size"], augment=cfg.get("augment", True),
-                                 kd=cfg.get("self_distill"), device=device)
-    extra = {"exits": costs, "params": sum(p.numel() for p in model.parameters()),
+                                 kd=cfg.get("self_distill"), device=device, stats_from=train["images"])
+    extra = {"exits": costs, "params": count_parameters(model),
              "train_images": int(len(y)), "test_images": int(len(test["labels"]))}
     return family, {"arch": cfg["arch"], "num_classes": num_classes, "width": cfg["width"], "multi_exit": True}, extra
