@@ -26,6 +26,9 @@ BAD_OVERLAYS = {
     "pairs without an adapter": ({"autoencoder": {"variants": {"odd": {"pairs": [[2, 3]]}}}}, "adapter"),
     "unknown data source": ({"autoencoder": {"data": {"source": "kitti"}}}, "source"),
     "bad match direction": ({"autoencoder": {"match": "sideways"}}, "match"),
+    "synthetic set without its size": ({"datasets": {"tiny": {"source": "synthetic", "num_test": 50}}}, "num_train"),
+    "generator key on a CIFAR set": ({"datasets": {"cifar100": {"num_train": 100}}}, "num_train"),
+    "synthetic street scenes without sizes": ({"autoencoder": {"data": {"source": "synthetic"}}}, "num_train"),
 }
 
 
