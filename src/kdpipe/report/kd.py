@@ -5,7 +5,7 @@ from pathlib import Path
 import pandas as pd
 
 from kdpipe.references import REPDISTILLER_SOURCE, kd_reference
-from kdpipe.report.layout import fmt, heading, image, page, save, table, text
+from kdpipe.report.layout import fmt, heading, image, page, save, table, text, within_spread
 
 
 def kd_verdict(rows: pd.DataFrame) -> str:
@@ -18,9 +18,8 @@ def kd_verdict(rows: pd.DataFrame) -> str:
         if method not in by.index:
             continue
         diff = by.loc[method, "best_top1_mean"] - alone["best_top1_mean"]
-        spread = max(by.loc[method, "best_top1_std"], alone["best_top1_std"])
         if diff > 0:
-            strength = "" if pd.isna(spread) or diff > spread else " (within one standard deviation across seeds)"
+            strength = within_spread(diff, by.loc[method, "best_top1_std"], alone["best_top1_std"])
             out.append(f"{label} beat the student trained alone by {diff:+.2f} points of best-epoch top-1{strength}.")
         else:
             out.append(f"{label} did NOT beat the student trained alone ({diff:+.2f} points of best-epoch top-1).")

@@ -19,6 +19,12 @@ def fmt(mean: float, std: float) -> str:
     return f"{mean:.2f}" if pd.isna(std) else f"{mean:.2f} ± {std:.2f}"
 
 
+def within_spread(diff: float, *stds: float) -> str:
+    """A note for a positive difference no larger than the seeds' spread (empty when it is larger)."""
+    spread = max(stds)
+    return "" if pd.isna(spread) or diff > spread else " (within one standard deviation across seeds)"
+
+
 def page():
     return plt.figure(figsize=A4)
 

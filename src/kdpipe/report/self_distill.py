@@ -5,7 +5,7 @@ from pathlib import Path
 import pandas as pd
 
 from kdpipe.references import BYOT_CIFAR100_RESNET18, BYOT_SOURCE
-from kdpipe.report.layout import fmt, heading, image, page, save, table, text
+from kdpipe.report.layout import fmt, heading, image, page, save, table, text, within_spread
 from kdpipe.tables.self_distill import EXITS
 
 
@@ -21,10 +21,9 @@ def verdict(sd: pd.DataFrame, base: pd.DataFrame) -> str:
     if "exit4" not in sd.index or "exit4" not in base.index:
         return ""
     diff = sd.loc["exit4", "best_top1_mean"] - base.loc["exit4", "best_top1_mean"]
-    spread = max(sd.loc["exit4", "best_top1_std"], base.loc["exit4", "best_top1_std"])
     parts = []
     if diff > 0:
-        weak = "" if pd.isna(spread) or diff > spread else " (within one standard deviation across seeds)"
+        weak = within_spread(diff, sd.loc["exit4", "best_top1_std"], base.loc["exit4", "best_top1_std"])
         parts.append(f"Self-distillation raised the deepest exit's best-epoch top-1 by {diff:+.2f} points over the baseline{weak}.")
     else:
         parts.append(f"Self-distillation did NOT beat the baseline at the deepest exit ({diff:+.2f} points of best-epoch top-1).")

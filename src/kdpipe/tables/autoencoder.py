@@ -3,6 +3,7 @@
 import pandas as pd
 
 from kdpipe.io import atomic_write_text, read_json
+from kdpipe.tables import seed_stats
 
 # X -> Y scored as segmentation, Y -> X as image quality; l1_xy is the label-map reconstruction.
 METRICS = ["pixel_acc", "miou", "l1_yx", "psnr_yx", "ssim_yx", "l1_xy"]
@@ -42,9 +43,7 @@ def ae_summary(runs: pd.DataFrame) -> pd.DataFrame:
         row["seeds"] = len(g)
         for when in ("best", "last"):
             for k in METRICS:
-                values = g[f"{when}_{k}"]
-                row[f"{when}_{k}_mean"] = values.mean()
-                row[f"{when}_{k}_std"] = values.std(ddof=1) if len(g) > 1 else float("nan")
+                row[f"{when}_{k}_mean"], row[f"{when}_{k}_std"] = seed_stats(g[f"{when}_{k}"])
         out.append(row)
     # In the config's order: the seed's baseline, then Experiments 1, 2, 3, then the user's own.
     return pd.DataFrame(out).sort_values("order", kind="stable").reset_index(drop=True)

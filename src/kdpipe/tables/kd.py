@@ -3,6 +3,7 @@
 import pandas as pd
 
 from kdpipe.io import atomic_write_text, read_json
+from kdpipe.tables import seed_stats
 from kdpipe.plan import METHOD_LABELS, pair_id
 
 METHOD_ORDER = ["teacher", "alone", "kd_soft", "kd_hard"]
@@ -57,8 +58,7 @@ def kd_summary(runs: pd.DataFrame) -> pd.DataFrame:
                    "train_images": int(g["train_images"].iloc[0]), "epochs": int(g["epochs"].iloc[0]),
                    "temperature": g["temperature"].iloc[0], "alpha": g["alpha"].iloc[0]}
             for fig in FIGURES:
-                row[f"{fig}_mean"] = g[fig].mean()
-                row[f"{fig}_std"] = g[fig].std(ddof=1) if len(g) > 1 else float("nan")
+                row[f"{fig}_mean"], row[f"{fig}_std"] = seed_stats(g[fig])
             out.append(row)
     return pd.DataFrame(out)
 

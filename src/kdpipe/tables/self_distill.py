@@ -3,6 +3,7 @@
 import pandas as pd
 
 from kdpipe.io import atomic_write_text, read_json
+from kdpipe.tables import seed_stats
 from kdpipe.plan import METHOD_LABELS
 
 EXITS = ["exit1", "exit2", "exit3", "exit4", "ensemble"]
@@ -49,9 +50,7 @@ def sd_summary(runs: pd.DataFrame) -> pd.DataFrame:
             for k in ("temperature", "alpha", "lam", "detach_teacher"):
                 row[k] = first.get(f"sd_{k}")
             for fig in FIGURES:
-                values = g[f"{fig}_{name}"]
-                row[f"{fig}_mean"] = values.mean()
-                row[f"{fig}_std"] = values.std(ddof=1) if len(g) > 1 else float("nan")
+                row[f"{fig}_mean"], row[f"{fig}_std"] = seed_stats(g[f"{fig}_{name}"])
             out.append(row)
     return pd.DataFrame(out)
 
