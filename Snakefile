@@ -19,3 +19,35 @@ rule all:
     input:
         "results/report.pdf",
     default_target: True
+
+
+# Targets named after the groups a researcher thinks in (each DVC stage runs one of them):
+#   snakemake classify --cores 8        every teacher and student model
+rule classify:
+    input:
+        family_targets("classify"),
+
+
+rule self_distill:
+    input:
+        family_targets("self_distill"),
+
+
+rule autoencoder:
+    input:
+        family_targets("autoencoder"),
+
+
+rule tables:
+    input:
+        rules.tables_kd.output,
+        rules.tables_self_distill.output,
+        rules.tables_autoencoder.output,
+        rules.tables_jobs.output,
+
+
+rule figures:
+    input:
+        rules.figures_kd.output,
+        rules.figures_self_distill.output,
+        rules.figures_autoencoder.output,

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from workflow_copy import copy_project, git, snakemake
+
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, format, *args):  # noqa: A002 - signature of the base class
@@ -51,3 +53,18 @@ def http_server(tmp_path, monkeypatch):
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+@pytest.fixture(scope="session")
+def built_demo(tmp_path_factory) -> Path:
+    """The project as a fresh clone holds it (a git repository), with the demo preset built whole.
+
+    Built once per session with plain Snakemake; tests that change it work on a copy
+    (``workflow_copy.copy_built``).
+    """
+    workdir = copy_project(tmp_path_factory.mktemp("built-demo"))
+    git(workdir, "init", "-q")
+    git(workdir, "add", "-A")
+    git(workdir, "commit", "-qm", "demo")
+    snakemake(workdir, "results/report.pdf", "--cores", "2", "--configfile", "presets/demo.yaml", timeout=1500)
+    return workdir

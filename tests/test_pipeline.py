@@ -8,21 +8,16 @@ import pytest
 import yaml
 from pypdf import PdfReader
 
-from workflow_copy import copy_workflow, planned_jobs, snakemake
+from workflow_copy import copy_built, planned_jobs, snakemake
 
 pytestmark = pytest.mark.pipeline
 DEMO = ["--configfile", "presets/demo.yaml"]
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    """A temporary copy of the project (a git repository, as a clone is) with the demo built."""
-    workdir = copy_workflow(tmp_path_factory.mktemp("demo"))
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
-                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "demo"]):
-        subprocess.run(cmd, cwd=workdir, check=True)
-    snakemake(workdir, "results/report.pdf", "--cores", "2", *DEMO, timeout=1200)
-    return workdir
+def demo(built_demo, tmp_path_factory):
+    """A copy of the session's demo build (a git repository, as a clone is), for this module to change."""
+    return copy_built(built_demo, tmp_path_factory.mktemp("pipeline") / "demo")
 
 
 def _fmt(mean, std):

@@ -21,6 +21,33 @@ def copy_workflow(dest: Path) -> Path:
     return dest
 
 
+def copy_project(dest: Path) -> Path:
+    """Copy every file git would see (tracked, or new and not ignored) into ``dest``: a clone's content."""
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=ROOT,
+                            capture_output=True, text=True, check=True).stdout.split("\0")
+    for name in filter(None, listed):
+        src = ROOT / name
+        if src.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+    return dest
+
+
+def git(workdir: Path, *args: str) -> str:
+    """Run git in ``workdir`` with a fixed identity; return its stdout."""
+    proc = subprocess.run(["git", "-c", "user.name=kdpipe-tests", "-c", "user.email=tests@kdpipe", *args], cwd=workdir,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise AssertionError(f"git {' '.join(args)} failed:\n{proc.stdout}{proc.stderr}")
+    return proc.stdout
+
+
+def copy_built(src: Path, dest: Path) -> Path:
+    """A copy of a built project, keeping modification times (Snakemake's view of it stays the same)."""
+    shutil.copytree(src, dest, symlinks=True)
+    return dest
+
+
 def snakemake(workdir: Path, *args: str, timeout: int = 900, check: bool = True, env: dict | None = None):
     """Run snakemake in ``workdir``; return the CompletedProcess (stdout and stderr merged)."""
     proc = subprocess.run(

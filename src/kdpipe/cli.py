@@ -64,7 +64,7 @@ def cmd_train(a):
 def cmd_tables_kd(a):
     from kdpipe.tables.kd import kd_tables
 
-    kd_tables(a.metrics, runs_csv=a.runs, summary_csv=a.summary)
+    kd_tables(a.metrics, runs_csv=a.runs, summary_csv=a.summary, headline_json=a.headline)
 
 
 def cmd_tables_jobs(a):
@@ -76,7 +76,7 @@ def cmd_tables_jobs(a):
 def cmd_tables_self_distill(a):
     from kdpipe.tables.self_distill import self_distill_tables
 
-    self_distill_tables(a.metrics, runs_csv=a.runs, summary_csv=a.summary)
+    self_distill_tables(a.metrics, runs_csv=a.runs, summary_csv=a.summary, headline_json=a.headline)
 
 
 def cmd_figures_self_distill(a):
@@ -88,7 +88,7 @@ def cmd_figures_self_distill(a):
 def cmd_tables_autoencoder(a):
     from kdpipe.tables.autoencoder import autoencoder_tables
 
-    autoencoder_tables(a.metrics, runs_csv=a.runs, summary_csv=a.summary)
+    autoencoder_tables(a.metrics, runs_csv=a.runs, summary_csv=a.summary, headline_json=a.headline)
 
 
 def cmd_figures_autoencoder(a):
@@ -109,12 +109,34 @@ def cmd_report(a):
     build_report(out=a.out, name=a.name, tables_dir=a.tables, figures_dir=a.figures)
 
 
+def cmd_dvc_yaml(a):
+    from kdpipe.dvc_stages import render
+
+    text = render(Path.cwd(), a.configfile)
+    if a.check:
+        current = Path(a.out).read_text() if Path(a.out).exists() else ""
+        if current != text:
+            args = "".join(f" --configfile {f}" for f in a.configfile)
+            sys.exit(f"kdpipe: {a.out} does not match the workflow; regenerate it with `kdpipe dvc-yaml{args}`")
+        print(f"{a.out} matches the workflow")
+        return
+    Path(a.out).write_text(text)
+    print(f"wrote {a.out} ({text.count(chr(10))} lines) for config.yaml{''.join(' + ' + f for f in a.configfile)}")
+
+
+def cmd_dvc_sync(a):
+    from kdpipe.dvc_sync import describe, sync
+
+    print(describe(sync(Path.cwd())))
+
+
 def _tables_parser(sub, name: str, help_: str, func) -> None:
     """The tables-* steps read metrics.json files and write a per-run and a summary table."""
     s = sub.add_parser(name, help=help_)
     s.add_argument("--metrics", required=True, nargs="+", type=Path)
     s.add_argument("--runs", required=True, type=Path, help="one row per run")
     s.add_argument("--summary", required=True, type=Path, help="mean ± std over seeds")
+    s.add_argument("--headline", type=Path, help="the headline numbers as JSON (DVC metrics)")
     s.set_defaults(func=func)
 
 
@@ -211,6 +233,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--test", required=True, type=Path, help="prepared validation pairs")
     s.add_argument("--out-dir", required=True, type=Path)
     s.set_defaults(func=cmd_figures_autoencoder)
+
+    s = sub.add_parser("dvc-yaml", help="write dvc.yaml from the workflow (one stage per data set, family, "
+                       "tables, figures, report)")
+    s.add_argument("--configfile", nargs="*", default=[], help="config overlays, as given to snakemake")
+    s.add_argument("--out", default="dvc.yaml")
+    s.add_argument("--check", action="store_true", help="fail if the file differs from what would be written")
+    s.set_defaults(func=cmd_dvc_yaml)
+
+    s = sub.add_parser("dvc-sync", help="after `dvc pull`: mark outputs that match dvc.lock up to date for "
+                       "Snakemake, remove those that do not")
+    s.set_defaults(func=cmd_dvc_sync)
 
     s = sub.add_parser("report", help="assemble results/report.pdf from tables and figures")
     s.add_argument("--name", required=True, help="the preset's name, for the title page")

@@ -152,3 +152,46 @@ def training_runs(config: dict) -> dict[tuple[str, str], dict]:
     runs.update({("self_distill", name): cfg for name, cfg in self_distill_runs(config).items()})
     runs.update({("autoencoder", name): cfg for name, cfg in ae_runs(config).items()})
     return runs
+
+
+FAMILIES = ("classify", "self_distill", "autoencoder")
+
+
+def family_datasets(config: dict) -> dict[str, str]:
+    """The data set each model family trains on."""
+    return {"classify": config["classify"]["dataset"], "self_distill": config["self_distill"]["dataset"],
+            "autoencoder": ae_data(config)["name"]}
+
+
+def used_datasets(config: dict) -> list[str]:
+    return sorted(set(family_datasets(config).values()))
+
+
+def data_jobs(config: dict, name: str) -> list[tuple[str, str]]:
+    """The jobs that download and prepare data set ``name``, as (rule, job name), in order.
+
+    Each job's log and benchmark are named after it (see ``log_path``, ``benchmark_path``).
+    """
+    ae = ae_data(config)
+    if name == ae["name"]:
+        source = ae["source"]
+        download = [("download_pix2pix", f"{name}-{ARCHIVE_NAMES['pix2pix']}")] if source == "pix2pix" else []
+        step = {"synthetic": "prepare_street_scenes", "pix2pix": "prepare_pix2pix", "official": "prepare_cityscapes"}
+        return download + [(step[source], name)]
+    source = dataset_config(config, name)["source"]
+    if source == "synthetic":
+        return [("prepare_synthetic", name)]
+    return [("download_cifar", f"{name}-{ARCHIVE_NAMES[source]}"), ("prepare_cifar", name)]
+
+
+def train_job(dataset: str, family: str, run: str) -> str:
+    """The name a training job's log and benchmark carry."""
+    return f"{dataset}-{family}-{run}"
+
+
+def log_path(rule: str, job: str | None = None) -> str:
+    return f"results/logs/{rule}/{job}.log" if job else f"results/logs/{rule}.log"
+
+
+def benchmark_path(rule: str, job: str | None = None) -> str:
+    return f"results/benchmarks/{rule}/{job}.tsv" if job else f"results/benchmarks/{rule}.tsv"

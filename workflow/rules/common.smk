@@ -11,12 +11,12 @@ from kdpipe import plan
 validate(config, "../schemas/config.schema.yaml")
 
 RESULTS = "results"
+# runtime (minutes) and mem_mb per kind of job, for cluster schedulers (profiles/slurm).
+RESOURCES = config["resources"]
 RUNS = plan.training_runs(config)  # {(family, run): run config}
 CLASSIFY_PAIRS = plan.classify_pairs(config)
 AE_DATA = plan.ae_data(config)
-FAMILY_DATASETS = {family: config[family]["dataset"] for family in ("classify", "self_distill")}
-FAMILY_DATASETS["autoencoder"] = AE_DATA["name"]
-USED_DATASETS = sorted(set(FAMILY_DATASETS.values()))
+USED_DATASETS = plan.used_datasets(config)
 # The autoencoder's data set, under the name of the step that prepares it from its source.
 AE_SETS = {source: [AE_DATA["name"]] if AE_DATA["source"] == source else [] for source in ("synthetic", "pix2pix", "official")}
 # A data set's `source` picks the job that prepares it; each preparing step matches only its own sets.
@@ -77,27 +77,17 @@ def family_outputs(family, name):
     return [f"{run_dir(cfg['dataset'], f, run)}/{name}" for (f, run), cfg in sorted(RUNS.items()) if f == family]
 
 
+def family_targets(family):
+    """Every output of every run of a family."""
+    return [f for name in ("model.pt", "metrics.json", "history.csv") for f in family_outputs(family, name)]
+
+
 def training_benchmarks():
-    return [f"{RESULTS}/benchmarks/train/{cfg['dataset']}-{f}-{run}.tsv" for (f, run), cfg in sorted(RUNS.items())]
+    return [plan.benchmark_path("train", plan.train_job(cfg["dataset"], f, run)) for (f, run), cfg in sorted(RUNS.items())]
 
 
 def data_benchmarks():
-    files = []
-    for name in USED_DATASETS:
-        if name == AE_DATA["name"]:
-            source = AE_DATA["source"]
-            if source == "pix2pix":
-                files.append(f"{RESULTS}/benchmarks/download_pix2pix/{name}-{archive_name(name)}.tsv")
-            step = {"synthetic": "prepare_street_scenes", "pix2pix": "prepare_pix2pix", "official": "prepare_cityscapes"}
-            files.append(f"{RESULTS}/benchmarks/{step[source]}/{name}.tsv")
-        elif name in SYNTHETIC_SETS:
-            files.append(f"{RESULTS}/benchmarks/prepare_synthetic/{name}.tsv")
-        else:
-            files += [
-                f"{RESULTS}/benchmarks/download_cifar/{name}-{archive_name(name)}.tsv",
-                f"{RESULTS}/benchmarks/prepare_cifar/{name}.tsv",
-            ]
-    return files
+    return [plan.benchmark_path(rule, job) for name in USED_DATASETS for rule, job in plan.data_jobs(config, name)]
 
 
 def kd_figures():

@@ -17,6 +17,8 @@ rule download_cifar:
     conda:
         "../../envs/kdpipe.yaml"
     threads: 1
+    resources:
+        **RESOURCES["data"],
     shell:
         "kdpipe download --url {params.url:q} --md5 {params.md5} --out {output.archive} > {log} 2>&1"
 
@@ -36,6 +38,8 @@ rule prepare_cifar:
     conda:
         "../../envs/kdpipe.yaml"
     threads: 1
+    resources:
+        **RESOURCES["data"],
     wildcard_constraints:
         dataset=alternatives(CIFAR_SETS),
     shell:
@@ -58,6 +62,8 @@ rule prepare_synthetic:
     conda:
         "../../envs/kdpipe.yaml"
     threads: 1
+    resources:
+        **RESOURCES["data"],
     wildcard_constraints:
         dataset=alternatives(SYNTHETIC_SETS),
     shell:
@@ -85,6 +91,8 @@ rule prepare_street_scenes:
     conda:
         "../../envs/kdpipe.yaml"
     threads: 1
+    resources:
+        **RESOURCES["data"],
     shell:
         "kdpipe prepare-street-scenes --params {params.generator:q} "
         "--train {output.train} --test {output.test} > {log} 2>&1"
@@ -108,6 +116,8 @@ rule download_pix2pix:
     conda:
         "../../envs/kdpipe.yaml"
     threads: 1
+    resources:
+        **RESOURCES["data"],
     shell:
         "kdpipe download --url {params.url:q} {params.sha256} --record-sha256 {params.record} "
         "--out {output.archive} > {log} 2>&1"
@@ -130,6 +140,8 @@ rule prepare_pix2pix:
     conda:
         "../../envs/kdpipe.yaml"
     threads: 1
+    resources:
+        **RESOURCES["data"],
     shell:
         "kdpipe prepare-pix2pix --archive {input.archive} --size {params.size} "
         "--train {output.train} --test {output.test} > {log} 2>&1"
@@ -154,6 +166,8 @@ rule prepare_cityscapes:
     conda:
         "../../envs/kdpipe.yaml"
     threads: 1
+    resources:
+        **RESOURCES["data"],
     shell:
         "kdpipe prepare-cityscapes --leftimg {input.leftimg} --gtfine {input.gtfine} --size {params.size} "
         "--train {output.train} --test {output.test} > {log} 2>&1"

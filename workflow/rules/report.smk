@@ -7,6 +7,7 @@ rule tables_kd:
     output:
         runs=report("results/tables/kd_runs.csv", category="Tables", labels={"table": "KD runs"}),
         summary=report("results/tables/kd_summary.csv", category="Tables", labels={"table": "KD mean ± std"}),
+        headline="results/tables/kd_metrics.json",  # dvc metrics show
     log:
         "results/logs/tables_kd.log",
     benchmark:
@@ -14,8 +15,10 @@ rule tables_kd:
     conda:
         "../../envs/kdpipe.yaml"
     threads: 1
+    resources:
+        **RESOURCES["report"],
     shell:
-        "kdpipe tables-kd --metrics {input.metrics} --runs {output.runs} --summary {output.summary} > {log} 2>&1"
+        "kdpipe tables-kd --metrics {input.metrics} --runs {output.runs} --summary {output.summary} --headline {output.headline} > {log} 2>&1"
 
 
 rule tables_self_distill:
@@ -26,6 +29,7 @@ rule tables_self_distill:
         summary=report(
             "results/tables/self_distill_summary.csv", category="Tables", labels={"table": "BYOT per exit"}
         ),
+        headline="results/tables/self_distill_metrics.json",  # dvc metrics show
     log:
         "results/logs/tables_self_distill.log",
     benchmark:
@@ -33,8 +37,10 @@ rule tables_self_distill:
     conda:
         "../../envs/kdpipe.yaml"
     threads: 1
+    resources:
+        **RESOURCES["report"],
     shell:
-        "kdpipe tables-self-distill --metrics {input.metrics} --runs {output.runs} --summary {output.summary} "
+        "kdpipe tables-self-distill --metrics {input.metrics} --runs {output.runs} --summary {output.summary} --headline {output.headline} "
         "> {log} 2>&1"
 
 
@@ -46,6 +52,7 @@ rule tables_autoencoder:
         summary=report(
             "results/tables/autoencoder_summary.csv", category="Tables", labels={"table": "AE per variant"}
         ),
+        headline="results/tables/autoencoder_metrics.json",  # dvc metrics show
     log:
         "results/logs/tables_autoencoder.log",
     benchmark:
@@ -53,8 +60,10 @@ rule tables_autoencoder:
     conda:
         "../../envs/kdpipe.yaml"
     threads: 1
+    resources:
+        **RESOURCES["report"],
     shell:
-        "kdpipe tables-autoencoder --metrics {input.metrics} --runs {output.runs} --summary {output.summary} "
+        "kdpipe tables-autoencoder --metrics {input.metrics} --runs {output.runs} --summary {output.summary} --headline {output.headline} "
         "> {log} 2>&1"
 
 
@@ -75,6 +84,8 @@ rule tables_jobs:
     conda:
         "../../envs/kdpipe.yaml"
     threads: 1
+    resources:
+        **RESOURCES["report"],
     shell:
         "kdpipe tables-jobs --benchmarks {params.benchmarks} --metrics {input.metrics} --out {output} > {log} 2>&1"
 
@@ -95,6 +106,8 @@ rule figures_kd:
     conda:
         "../../envs/kdpipe.yaml"
     threads: 1
+    resources:
+        **RESOURCES["report"],
     shell:
         "kdpipe figures-kd --summary {input.summary} --runs {input.runs} --histories {input.histories} "
         "--out-dir {params.out_dir} > {log} 2>&1"
@@ -115,6 +128,8 @@ rule figures_self_distill:
     conda:
         "../../envs/kdpipe.yaml"
     threads: 1
+    resources:
+        **RESOURCES["report"],
     shell:
         "kdpipe figures-self-distill --summary {input.summary} --runs {input.runs} --histories {input.histories} "
         "--cost {output.cost} --curves {output.curves} > {log} 2>&1"
@@ -137,6 +152,8 @@ rule figures_autoencoder:
     conda:
         "../../envs/kdpipe.yaml"
     threads: 1
+    resources:
+        **RESOURCES["report"],
     shell:
         "kdpipe figures-autoencoder --runs {input.runs} --models {input.models} --histories {input.histories} "
         "--test {input.test} --out-dir {params.out_dir} > {log} 2>&1"
@@ -167,6 +184,8 @@ rule report:
     conda:
         "../../envs/kdpipe.yaml"
     threads: 1
+    resources:
+        **RESOURCES["report"],
     shell:
         "kdpipe report --name {params.name:q} --tables {params.tables_dir} --figures {params.figures_dir} "
         "--out {output} > {log} 2>&1"

@@ -25,6 +25,7 @@ rule train:
     threads: 1
     resources:
         gpu=1,
+        **RESOURCES["train"],
     conda:
         "../../envs/kdpipe.yaml"
     shell:

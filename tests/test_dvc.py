@@ -1,0 +1,253 @@
+"""DVC: the demo built with Snakemake, recorded, pushed to a local remote, pulled into a fresh
+clone and rebuilt without training; a parameter change through Snakemake and `dvc exp run`;
+a corrupted remote; `dvc repro` from an empty checkout; dvc.yaml against the workflow."""
+
+import hashlib
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from workflow_copy import ROOT, copy_built, git, planned_jobs, snakemake
+
+pytestmark = pytest.mark.pipeline
+DEMO = ["--configfile", "presets/demo.yaml"]
+TABLES = ["kd_runs.csv", "kd_summary.csv", "self_distill_runs.csv", "self_distill_summary.csv",
+          "autoencoder_runs.csv", "autoencoder_summary.csv", "jobs.csv", "kd_metrics.json",
+          "self_distill_metrics.json", "autoencoder_metrics.json"]
+
+
+def run(workdir: Path, *cmd: str, check: bool = True, timeout: int = 1800) -> subprocess.CompletedProcess:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t", "DVC_NO_ANALYTICS": "1"}
+    proc = subprocess.run(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=timeout, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-6000:]}")
+    return proc
+
+
+def md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def tracked_files(workdir: Path) -> dict[str, str]:
+    """Every file under data/ and results/ (what DVC versions), by relative path, with its md5."""
+    return {str(p.relative_to(workdir)): md5(p) for top in ("data", "results") for p in (workdir / top).rglob("*")
+            if p.is_file() and p.name != ".gitignore"}
+
+
+def clone(origin: Path, dest: Path) -> Path:
+    run(origin.parent, "git", "clone", "-q", str(origin), str(dest))
+    return dest
+
+
+@pytest.fixture(scope="module")
+def origin(built_demo, tmp_path_factory):
+    """The demo built with Snakemake, recorded with `dvc commit` and pushed to a local folder remote."""
+    base = tmp_path_factory.mktemp("dvc")
+    work = copy_built(built_demo, base / "origin")
+    run(work, "kdpipe", "dvc-yaml", "--configfile", "presets/demo.yaml")
+    run(work, "dvc", "commit", "--force", "--quiet")
+    run(work, "dvc", "remote", "add", "--default", "storage", str(base / "remote"))
+    run(work, "dvc", "remote", "modify", "storage", "verify", "true")
+    git(work, "add", "-A")
+    git(work, "commit", "-qm", "demo results recorded by DVC")
+    run(work, "dvc", "push")
+    return work
+
+
+@pytest.fixture(scope="module")
+def pulled(origin, tmp_path_factory):
+    """A fresh clone of the origin, `dvc pull`ed and synced, the report rebuilt with Snakemake."""
+    work = clone(origin, tmp_path_factory.mktemp("pulled") / "clone")
+    assert not (work / "results").exists()
+    run(work, "dvc", "pull")
+    sync = run(work, "kdpipe", "dvc-sync")
+    dry = snakemake(work, "-n", "results/report.pdf", *DEMO)
+    rebuild = snakemake(work, "results/report.pdf", "--cores", "2", *DEMO)
+    return {"work": work, "sync": sync.stdout, "dry": dry.stdout, "rebuild": rebuild.stdout}
+
+
+def test_recorded_workspace_matches_dvc_lock(origin):
+    assert json.loads(run(origin, "dvc", "status", "--json").stdout.strip().splitlines()[-1]) == {}
+    lock = yaml.safe_load((origin / "dvc.lock").read_text())["stages"]
+    assert set(lock) == set(yaml.safe_load((origin / "dvc.yaml").read_text())["stages"])
+    # Each stage records its parameters by key, from the file that sets them.
+    assert lock["classify"]["params"]["presets/demo.yaml"]["classify"]["kd"]["temperature"] == 2
+    assert "config.yaml" in lock["classify"]["params"]
+
+
+def test_every_output_of_the_run_is_versioned(origin):
+    """Everything the Snakemake run wrote under data/ and results/ belongs to exactly one DVC stage."""
+    stages = yaml.safe_load((origin / "dvc.yaml").read_text())["stages"]
+    outs = [next(iter(o)) for s in stages.values() for o in s["outs"]]
+    for path in tracked_files(origin):
+        owners = [o for o in outs if path == o or path.startswith(o + "/")]
+        assert len(owners) == 1, (path, owners)
+
+
+def test_pull_rebuilds_the_report_without_training(origin, pulled):
+    assert "up to date (match dvc.lock)" in pulled["sync"] and "out of date" not in pulled["sync"]
+    assert "Nothing to be done" in pulled["dry"], pulled["dry"][-3000:]
+    assert "rule train" not in pulled["rebuild"]
+    work = pulled["work"]
+    for name in TABLES:
+        assert (work / "results/tables" / name).read_bytes() == (origin / "results/tables" / name).read_bytes(), name
+    assert md5(work / "results/report.pdf") == md5(origin / "results/report.pdf")
+    assert tracked_files(work) == tracked_files(origin)
+    repro = run(work, "dvc", "repro")
+    assert "Running stage" not in repro.stdout, repro.stdout
+
+
+def test_without_sync_snakemake_cannot_tell(origin, tmp_path):
+    """The problem dvc-sync solves: right after a pull Snakemake has no records (and pulled times)."""
+    work = clone(origin, tmp_path / "clone")
+    run(work, "dvc", "pull")
+    hotter = work / "hotter.yaml"
+    hotter.write_text(yaml.safe_dump({"classify": {"kd": {"temperature": 3.0}}}))
+    proc = snakemake(work, "-n", "results/report.pdf", *DEMO, str(hotter))
+    # Whatever the pulled times say, the changed temperature is invisible without a record of the old one.
+    assert "Params have changed" not in proc.stdout
+    # After the sync it is seen, and only the two KD-soft students are planned.
+    run(work, "kdpipe", "dvc-sync")
+    proc = snakemake(work, "-n", "results/report.pdf", *DEMO, str(hotter))
+    assert planned_jobs(proc.stdout) == {"train": 2, "tables_kd": 1, "tables_jobs": 1, "figures_kd": 1, "report": 1}
+
+
+def test_metrics_and_plots(pulled):
+    work = pulled["work"]
+    shown = run(work, "dvc", "metrics", "show", "--json").stdout
+    metrics = json.loads(shown[shown.index("{"):])
+    data = next(iter(metrics.values()))["data"]
+    kd = data["results/tables/kd_metrics.json"]["data"]
+    summary = pd.read_csv(work / "results/tables/kd_summary.csv").set_index("method")
+    assert kd["resnet14-to-resnet8"]["kd_soft"]["best_top1"]["mean"] == pytest.approx(summary.loc["kd_soft", "best_top1_mean"])
+    assert "e1d4_maxpool" in data["results/tables/autoencoder_metrics.json"]["data"]
+    table = run(work, "dvc", "metrics", "show").stdout
+    assert "kd_metrics.json" in table and "best_top1.mean" in table
+    out = work / "plots"
+    run(work, "dvc", "plots", "show", "--out", str(out))
+    html = (out / "index.html").read_text()
+    for title in ("classify: test top1", "self_distill: training loss", "autoencoder: test miou"):
+        assert title in html
+
+
+def test_parameter_change_reruns_only_what_depends_on_it(pulled):
+    """After the round trip: `dvc exp run -S` retrains exactly the KD-soft students, and shows the experiment."""
+    work = pulled["work"]
+    classify = work / "results/synthetic10/classify"
+    before = {d.name: md5(d / "metrics.json") for d in classify.iterdir()}
+    others = {p: md5(p) for p in (work / "results").glob("*/*/*/metrics.json") if "classify" not in p.parts}
+    proc = run(work, "dvc", "exp", "run", "-n", "hotter", "-S", "presets/demo.yaml:classify.kd.temperature=3")
+    ran = {line.split("'")[1] for line in proc.stdout.splitlines() if line.startswith("Running stage")}
+    assert ran == {"classify", "tables", "figures", "report"}, proc.stdout[-4000:]
+    assert proc.stdout.count("rule train:") == 2, proc.stdout[-4000:]
+    changed = {name for name, digest in before.items() if md5(classify / name / "metrics.json") != digest}
+    assert changed == {"kd_soft-resnet8-from-resnet14-s0", "kd_soft-resnet8-from-resnet14-s1"}
+    assert {p: md5(p) for p in others} == others
+    shown = run(work, "dvc", "exp", "show", "--no-pager", "--csv").stdout
+    rows = list(pd.read_csv(pd.io.common.StringIO(shown)).itertuples(index=False))
+    header = pd.read_csv(pd.io.common.StringIO(shown)).columns
+    column = next(c for c in header if c.endswith("classify.kd.temperature"))
+    by_name = {r.Experiment: r for r in pd.read_csv(pd.io.common.StringIO(shown)).to_dict("records") and []}
+    table = pd.read_csv(pd.io.common.StringIO(shown))
+    hotter = table[table["Experiment"] == "hotter"]
+    assert len(hotter) == 1 and float(hotter[column].iloc[0]) == 3.0
+    assert float(table[table["Experiment"].isna() | (table["Experiment"] == "")][column].iloc[0]) == 2.0
+    del rows, by_name
+
+
+def test_corrupted_remote_file_is_caught(origin, tmp_path):
+    model = origin / "results/synthetic10/classify/teacher-resnet14-s0/model.pt"
+    digest = md5(model)
+    remote = Path(run(origin, "dvc", "remote", "list").stdout.split()[1])
+    obj = remote / "files" / "md5" / digest[:2] / digest[2:]
+    assert obj.exists()
+    original = obj.read_bytes()
+    try:
+        obj.write_bytes(original[: len(original) // 2] + b"corrupted" + original[len(original) // 2 + 9:])
+        work = clone(origin, tmp_path / "clone")
+        proc = run(work, "dvc", "pull", check=False)
+        assert proc.returncode != 0
+        assert digest[2:] in proc.stdout or "corrupt" in proc.stdout.lower(), proc.stdout[-3000:]
+        reference = tracked_files(origin)
+        for path, got in tracked_files(work).items():
+            assert got == reference[path], f"{path} differs from what was pushed"
+        assert not (work / model.relative_to(origin)).exists()
+    finally:
+        obj.chmod(0o644)
+        obj.write_bytes(original)
+
+
+def test_dvc_repro_from_empty_checkout_builds_what_snakemake_built(origin, tmp_path):
+    work = clone(origin, tmp_path / "clone")
+    proc = run(work, "dvc", "repro", timeout=2400)
+    assert "Running stage 'classify'" in proc.stdout
+    for name in ("kd_summary.csv", "self_distill_summary.csv", "autoencoder_summary.csv", "kd_metrics.json",
+                 "self_distill_metrics.json", "autoencoder_metrics.json", "kd_runs.csv"):
+        built, reference = work / "results/tables" / name, origin / "results/tables" / name
+        if name.endswith(".json"):
+            assert json.loads(built.read_text()) == json.loads(reference.read_text()), name
+        else:
+            a, b = pd.read_csv(built), pd.read_csv(reference)
+            numbers = [c for c in a.columns if c not in ("wall_s", "train_s")]
+            pd.testing.assert_frame_equal(a[numbers], b[numbers], check_exact=False, rtol=1e-6)
+    assert json.loads(run(work, "dvc", "status", "--json").stdout.strip().splitlines()[-1]) == {}
+
+
+def test_dvc_yaml_is_generated_from_the_workflow():
+    """The committed dvc.yaml is exactly what `kdpipe dvc-yaml` writes for config.yaml today."""
+    run(ROOT, "kdpipe", "dvc-yaml", "--check")
+
+
+def dry_run_jobs(text: str) -> list[dict]:
+    """Each job of `snakemake -n` as {"rule", "input", "output", "log", "benchmark"} (lists of paths)."""
+    jobs, job = [], None
+    for line in text.splitlines():
+        if line.startswith(("rule ", "localrule ")) and line.endswith(":"):
+            job = {"rule": line.split()[1].rstrip(":"), "input": [], "output": [], "log": [], "benchmark": []}
+            jobs.append(job)
+        elif job is not None and line.startswith("    ") and ":" in line:
+            key, _, value = line.strip().partition(": ")
+            if key in ("input", "output", "log", "benchmark"):
+                job[key] = [v.strip() for v in value.split(",") if v.strip()]
+        elif not line.startswith("    "):
+            job = None
+    return jobs
+
+
+@pytest.mark.parametrize("overlay", [[], ["presets/demo.yaml"]], ids=["paper", "demo"])
+def test_dvc_stages_cover_the_workflow(overlay):
+    """Checked on Snakemake's own DAG: every output, log and benchmark of every job belongs to exactly
+    one stage; every input a job reads is made in that stage or is one of its dependencies; every
+    stage output is made by some job."""
+    from kdpipe.dvc_stages import dvc_pipeline
+
+    stages = dvc_pipeline(ROOT, overlay)["stages"]
+    outs = {n: [next(iter(o)) for o in s["outs"]] for n, s in stages.items()}
+    args = [a for f in overlay for a in ("--configfile", f)]
+    jobs = dry_run_jobs(snakemake(ROOT, "-n", "--forceall", "results/report.pdf", *args).stdout)
+    assert len([j for j in jobs if j["rule"] == "train"]) >= 20
+
+    def under(path, roots):
+        return any(path == r or path.startswith(r + "/") for r in roots)
+
+    made = set()
+    for job in jobs:
+        files = job["output"] + job["log"] + job["benchmark"]
+        if not files:
+            continue  # a target rule
+        owners = {n for f in files for n in stages if under(f, outs[n])}
+        assert len(owners) == 1 and all(any(under(f, outs[n]) for n in owners) for f in files), (job, owners)
+        stage = owners.pop()
+        made.update(files)
+        for path in job["input"]:
+            assert under(path, outs[stage]) or under(path, stages[stage]["deps"]), (job["rule"], path, stage)
+    for name, paths in outs.items():
+        for out in paths:
+            assert any(under(f, [out]) for f in made), f"stage {name} lists {out}, which no job makes"
