@@ -19,6 +19,7 @@ compares that record with the checkout:
 """
 
 import json
+import os
 import shutil
 import subprocess
 from dataclasses import dataclass, field
@@ -27,27 +28,69 @@ from pathlib import Path
 import yaml
 
 LOCAL_CHANGES = ("modified", "new")
+SYNCING_ENV = "KDPIPE_DVC_SYNC"  # set while dvc-sync runs Snakemake itself
+
+
+def pulled_without_records(root: Path) -> bool:
+    """DVC-versioned outputs are here but Snakemake has never recorded a job here (a fresh pull)."""
+    root = Path(root)
+    if os.environ.get(SYNCING_ENV) or not (root / "dvc.lock").exists():
+        return False
+    metadata = root / ".snakemake" / "metadata"
+    has_records = metadata.is_dir() and any(metadata.iterdir())
+    has_outputs = any((root / d).is_dir() and any((root / d).iterdir()) for d in ("data/prepared", "results"))
+    return has_outputs and not has_records
 
 
 @dataclass
 class SyncPlan:
     clean: list[str] = field(default_factory=list)  # match dvc.lock: marked up to date
-    stale: dict[str, list] = field(default_factory=dict)  # inputs/code/params changed: outputs removed
+    missing: dict[str, list] = field(default_factory=dict)  # match, but some outputs absent: Snakemake makes them
+    stale: dict[str, list] = field(default_factory=dict)  # inputs/code/params changed, or after such a stage
     unrecorded: dict[str, list] = field(default_factory=dict)  # outputs differ from dvc.lock: refuse
 
 
-def read_stages(root: Path) -> dict[str, dict]:
-    return yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+def _under(path: str, roots) -> bool:
+    return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
 
 
-def dvc_status(root: Path) -> dict[str, list]:
-    """``dvc status --json``: {stage: [changes]} for every stage that does not match dvc.lock."""
-    proc = subprocess.run(["dvc", "status", "--json"], cwd=root, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"dvc status failed:\n{proc.stdout}{proc.stderr}")
-    lines = [line for line in proc.stdout.splitlines() if line.strip().startswith("{")]
-    status = json.loads(lines[-1]) if lines else {}
-    return {name.split(":")[-1]: changes for name, changes in status.items()}
+def downstream(stages: dict[str, dict]) -> dict[str, set[str]]:
+    """For each stage, the stages that read its outputs, directly or through others."""
+    direct = {a: {b for b, sb in stages.items() if b != a and any(_under(d, out_paths(sa)) for d in sb.get("deps", []))}
+              for a, sa in stages.items()}
+    closure = {}
+    for name in stages:
+        seen, todo = set(), list(direct[name])
+        while todo:
+            b = todo.pop()
+            if b not in seen:
+                seen.add(b)
+                todo.extend(direct[b])
+        closure[name] = seen
+    return closure
+
+
+def _changed_inputs(changes: list) -> list:
+    """The changes that make outputs out of date: a dependency's content, a parameter, the command.
+
+    A dependency reported as "deleted" is an upstream output that is absent here (not pulled, or
+    refused as corrupt); the lock still says what it was, so it does not make this stage stale.
+    """
+    found = []
+    for change in changes:
+        if not isinstance(change, dict):
+            found.append(change)  # e.g. "always changed"
+            continue
+        for kind, what in change.items():
+            if kind == "changed outs":
+                continue
+            if kind == "changed deps" and isinstance(what, dict):
+                real = {k: v for k, v in what.items() if v != "deleted"}
+                if real:
+                    found.append({kind: real})
+            else:
+                found.append({kind: what})
+    return found
 
 
 def plan_sync(stages: dict[str, dict], status: dict[str, list], locked: set[str]) -> SyncPlan:
@@ -63,11 +106,36 @@ def plan_sync(stages: dict[str, dict], status: dict[str, list], locked: set[str]
         local = {path: what for path, what in outs.items() if what in LOCAL_CHANGES}
         if local:
             result.unrecorded[name] = [f"{path}: {what}" for path, what in local.items()]
-        elif any(not (isinstance(c, dict) and set(c) == {"changed outs"}) for c in changes):
-            result.stale[name] = changes  # deps, params or the command changed
+        elif inputs := _changed_inputs(changes):
+            result.stale[name] = inputs
+        elif outs:
+            result.missing[name] = [f"{path}: {what}" for path, what in outs.items()]
         else:
-            result.clean.append(name)  # nothing changed, or only outputs missing (Snakemake makes them)
+            result.clean.append(name)
+    # A stage after a stale one was made from outputs that are about to be rebuilt: stale too.
+    after = downstream(stages)
+    for name in list(result.stale):
+        for later in sorted(after[name]):
+            if later not in result.stale and later not in result.unrecorded:
+                result.stale[later] = [f"after {name}"]
+                result.missing.pop(later, None)
+                if later in result.clean:
+                    result.clean.remove(later)
     return result
+
+
+def read_stages(root: Path) -> dict[str, dict]:
+    return yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+
+
+def dvc_status(root: Path) -> dict[str, list]:
+    """``dvc status --json``: {stage: [changes]} for every stage that does not match dvc.lock."""
+    proc = subprocess.run(["dvc", "status", "--json"], cwd=root, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"dvc status failed:\n{proc.stdout}{proc.stderr}")
+    lines = [line for line in proc.stdout.splitlines() if line.strip().startswith("{")]
+    status = json.loads(lines[-1]) if lines else {}
+    return {name.split(":")[-1]: changes for name, changes in status.items()}
 
 
 def out_paths(stage: dict) -> list[str]:
@@ -96,7 +164,8 @@ def sync(root: Path, *, status: dict[str, list] | None = None) -> SyncPlan:
     configfiles = snakemake_args(next(iter(stages.values())))
     # Touch in DAG order and record params and code: every existing output is now up to date for Snakemake.
     proc = subprocess.run(["snakemake", *targets, "--touch", "--forceall", "--cores", "1", "--quiet", "all",
-                           *configfiles], cwd=root, capture_output=True, text=True)
+                           *configfiles], cwd=root, capture_output=True, text=True,
+                          env={**os.environ, SYNCING_ENV: "1"})
     if proc.returncode != 0:
         raise RuntimeError(f"snakemake --touch failed:\n{proc.stdout[-4000:]}{proc.stderr[-4000:]}")
     for name in result.stale:
@@ -110,6 +179,9 @@ def sync(root: Path, *, status: dict[str, list] | None = None) -> SyncPlan:
 
 def describe(result: SyncPlan) -> str:
     lines = [f"up to date (match dvc.lock), marked for Snakemake: {', '.join(result.clean) or 'none'}"]
+    for name, what in result.missing.items():
+        lines.append(f"up to date but incomplete here, Snakemake makes what is missing when asked: {name}: "
+                     f"{', '.join(what)}")
     for name, changes in result.stale.items():
         lines.append(f"out of date, outputs removed so Snakemake rebuilds them (`dvc checkout {name}` restores): "
                      f"{name}: {json.dumps(changes)}")

@@ -3,12 +3,21 @@
 import json
 import re
 
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from kdpipe import plan
+from kdpipe import dvc_sync, plan
 
 # Stops the run, naming the offending key, before any job starts.
 validate(config, "../schemas/config.schema.yaml")
+
+# Right after `dvc pull`, every file carries the pull's time and Snakemake has no record of what
+# made it: it could retrain what exists or trust what is stale. Refuse to guess.
+if dvc_sync.pulled_without_records("."):
+    raise WorkflowError(
+        "outputs pulled by DVC are here, but Snakemake has no record of them: run `kdpipe dvc-sync` first "
+        "(it marks up to date what dvc.lock says belongs to this code and these parameters)"
+    )
 
 RESULTS = "results"
 # runtime (minutes) and mem_mb per kind of job, for cluster schedulers (profiles/slurm).
