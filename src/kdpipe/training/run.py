@@ -50,6 +50,7 @@ def write_outputs(*, model_payload: dict, outcome: Outcome, cfg: dict, placement
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "wall_time_s": time.time() - started,
+        "finished_at": time.time(),
         "train_time_s": sum(row["seconds"] for row in outcome.history),
         "resumed_from_epoch": outcome.resumed_from_epoch,
         "score": score_key,  # the figure that picked the best epoch
@@ -69,6 +70,8 @@ def train(cfg: dict, *, train_path, test_path, teacher_path=None, model_path, me
     torch.set_num_threads(max(1, int(threads)))
     make = family_builder(cfg["family"])
     with placement(cfg["device"]) as place:
+        # When this job had its device to itself (a multi-GPU workstation's record of who used which GPU).
+        extra_times = {"started_at": started, "device_claimed_at": time.time()}
         train_split, test_split = load_split(train_path), load_split(test_path)  # any family's prepared dict
         torch.manual_seed(cfg["seed"])  # model initialisation
         family, payload, extra = make(cfg, train_split, test_split, place.device, teacher_path)
@@ -80,5 +83,5 @@ def train(cfg: dict, *, train_path, test_path, teacher_path=None, model_path, me
             model_payload=payload, outcome=outcome, cfg=cfg, placement_name=place.name, started=started,
             score_key=family.score_key,
             model_path=model_path, metrics_path=metrics_path, history_path=history_path, resume_path=resume_path,
-            extra=extra,
+            extra={**extra_times, **(extra or {})},
         )
