@@ -121,10 +121,8 @@ def _persist(paths) -> list[dict]:
 def _stage(kind: str, desc: str, targets: list[str], configfiles: list[str], deps: list[str], params: list[dict],
            outs: list[str], src: Path) -> dict:
     cmd = " ".join(["snakemake", *targets, "--cores", "all", *(["--configfile", *configfiles] if configfiles else [])])
-    stage = {"desc": desc, "cmd": cmd,
-             "deps": [*code_deps(src, ENTRY_MODULES[kind]), f"workflow/rules/{RULE_FILES[kind]}",
-                      *SHARED_WORKFLOW_FILES, *deps]}
-    stage["deps"] = list(dict.fromkeys(stage["deps"]))
+    all_deps = [*code_deps(src, ENTRY_MODULES[kind]), f"workflow/rules/{RULE_FILES[kind]}", *SHARED_WORKFLOW_FILES, *deps]
+    stage = {"desc": desc, "cmd": cmd, "deps": list(dict.fromkeys(all_deps))}  # each once, in order
     if params:
         stage["params"] = params
     stage["outs"] = _persist(outs)
@@ -140,9 +138,10 @@ def dvc_pipeline(root: Path, configfiles: list[str]) -> dict:
     ae = plan.ae_data(config)
     stages: dict[str, dict] = {}
 
-    data_outs = {}
+    data_outs, data_benchmarks = {}, []
     for name in plan.used_datasets(config):
         jobs = plan.data_jobs(config, name)
+        data_benchmarks += [plan.benchmark_path(r, j) for r, j in jobs]
         outs = [f"data/prepared/{name}"]
         if any(rule.startswith("download_") for rule, _ in jobs):
             outs.insert(0, f"data/raw/{name}")
@@ -170,8 +169,6 @@ def dvc_pipeline(root: Path, configfiles: list[str]) -> dict:
             [family_dirs[family], *(plan.log_path("train", j) for j in jobs),
              *(plan.benchmark_path("train", j) for j in jobs)], src)
 
-    data_benchmarks = [plan.benchmark_path(r, j) for name in plan.used_datasets(config)
-                       for r, j in plan.data_jobs(config, name)]
     stages["tables"] = _stage(
         "tables", "per-run and mean ± std tables, headline metrics, the jobs table", ["tables"], configfiles,
         [*family_dirs.values(), *data_benchmarks, *train_benchmarks], [],

@@ -2,8 +2,8 @@
 
 import pandas as pd
 
-from kdpipe.io import atomic_write_text, read_json, write_json
-from kdpipe.tables import headline, seed_stats
+from kdpipe.io import read_json
+from kdpipe.tables import headline, seed_stats, write_tables
 
 # X -> Y scored as segmentation, Y -> X as image quality; l1_xy is the label-map reconstruction.
 METRICS = ["pixel_acc", "miou", "l1_yx", "psnr_yx", "ssim_yx", "l1_xy"]
@@ -51,8 +51,6 @@ def ae_summary(runs: pd.DataFrame) -> pd.DataFrame:
 
 def autoencoder_tables(metrics_files, *, runs_csv, summary_csv, headline_json=None) -> None:
     runs = ae_run_rows(metrics_files)
-    atomic_write_text(runs.to_csv(index=False), runs_csv)
-    summary = ae_summary(runs)
-    atomic_write_text(summary.to_csv(index=False), summary_csv)
-    if headline_json is not None:  # the numbers `dvc metrics show` prints
-        write_json(headline(summary, ["variant"], ["best_miou", "best_pixel_acc", "best_psnr_yx", "best_ssim_yx"]), headline_json)
+    write_tables(runs, ae_summary(runs), runs_csv=runs_csv, summary_csv=summary_csv, headline_json=headline_json,
+                 headline_of=lambda s: headline(
+                     s, ["variant"], ["best_miou", "best_pixel_acc", "best_psnr_yx", "best_ssim_yx"]))

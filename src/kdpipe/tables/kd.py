@@ -2,8 +2,8 @@
 
 import pandas as pd
 
-from kdpipe.io import atomic_write_text, read_json, write_json
-from kdpipe.tables import headline, seed_stats
+from kdpipe.io import read_json
+from kdpipe.tables import headline, seed_stats, write_tables
 from kdpipe.plan import METHOD_LABELS, pair_id
 
 METHOD_ORDER = ["teacher", "alone", "kd_soft", "kd_hard"]
@@ -65,8 +65,5 @@ def kd_summary(runs: pd.DataFrame) -> pd.DataFrame:
 
 def kd_tables(metrics_files, *, runs_csv, summary_csv, headline_json=None) -> None:
     runs = kd_run_rows(metrics_files)
-    atomic_write_text(runs.to_csv(index=False), runs_csv)
-    summary = kd_summary(runs)
-    atomic_write_text(summary.to_csv(index=False), summary_csv)
-    if headline_json is not None:  # the numbers `dvc metrics show` prints
-        write_json(headline(summary, ["pair", "method"], ["best_top1", "last_top1"]), headline_json)
+    write_tables(runs, kd_summary(runs), runs_csv=runs_csv, summary_csv=summary_csv, headline_json=headline_json,
+                 headline_of=lambda s: headline(s, ["pair", "method"], ["best_top1", "last_top1"]))

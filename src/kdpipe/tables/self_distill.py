@@ -2,8 +2,8 @@
 
 import pandas as pd
 
-from kdpipe.io import atomic_write_text, read_json, write_json
-from kdpipe.tables import headline, seed_stats
+from kdpipe.io import read_json
+from kdpipe.tables import headline, seed_stats, write_tables
 from kdpipe.plan import METHOD_LABELS
 
 EXITS = ["exit1", "exit2", "exit3", "exit4", "ensemble"]
@@ -57,9 +57,5 @@ def sd_summary(runs: pd.DataFrame) -> pd.DataFrame:
 
 def self_distill_tables(metrics_files, *, runs_csv, summary_csv, headline_json=None) -> None:
     runs = sd_run_rows(metrics_files)
-    atomic_write_text(runs.to_csv(index=False), runs_csv)
-    summary = sd_summary(runs)
-    atomic_write_text(summary.to_csv(index=False), summary_csv)
-    if headline_json is not None:  # the numbers `dvc metrics show` prints
-        summary = summary[summary["trained"]]
-    write_json(headline(summary, ["method", "exit"], ["best_top1", "last_top1"]), headline_json)
+    write_tables(runs, sd_summary(runs), runs_csv=runs_csv, summary_csv=summary_csv, headline_json=headline_json,
+                 headline_of=lambda s: headline(s[s["trained"]], ["method", "exit"], ["best_top1", "last_top1"]))
