@@ -55,6 +55,15 @@ def http_server(tmp_path, monkeypatch):
         thread.join(timeout=5)
 
 
+def _built(tmp_path_factory, name: str, presets: list[str]) -> Path:
+    workdir = copy_project(tmp_path_factory.mktemp(f"built-{name}"))
+    git(workdir, "init", "-q")
+    git(workdir, "add", "-A")
+    git(workdir, "commit", "-qm", name)
+    snakemake(workdir, "results/report.pdf", "--cores", "2", "--configfile", *presets, timeout=1500)
+    return workdir
+
+
 @pytest.fixture(scope="session")
 def built_demo(tmp_path_factory) -> Path:
     """The project as a fresh clone holds it (a git repository), with the demo preset built whole.
@@ -62,9 +71,11 @@ def built_demo(tmp_path_factory) -> Path:
     Built once per session with plain Snakemake; tests that change it work on a copy
     (``workflow_copy.copy_built``).
     """
-    workdir = copy_project(tmp_path_factory.mktemp("built-demo"))
-    git(workdir, "init", "-q")
-    git(workdir, "add", "-A")
-    git(workdir, "commit", "-qm", "demo")
-    snakemake(workdir, "results/report.pdf", "--cores", "2", "--configfile", "presets/demo.yaml", timeout=1500)
-    return workdir
+    return _built(tmp_path_factory, "demo", ["presets/demo.yaml"])
+
+
+@pytest.fixture(scope="session")
+def built_tiny(tmp_path_factory) -> Path:
+    """The same with the tiny preset over the demo (every file the demo makes, in about a minute):
+    for the plumbing tests (DVC), which check how outputs are recorded, not what was learnt."""
+    return _built(tmp_path_factory, "tiny", ["presets/demo.yaml", "presets/tiny.yaml"])

@@ -1,6 +1,6 @@
 """A multi-GPU workstation: `snakemake --resources gpu=2` keeps two training jobs busy, one per GPU.
 
-Real Snakemake on the demo preset's eight autoencoder runs, with two simulated GPU ids
+Real Snakemake on the demo preset's four autoencoder runs of one seed, with two simulated GPU ids
 (KDPIPE_SIMULATED_GPUS=0,1: each job claims an id with kdpipe.devices' per-GPU lock, then trains
 on the CPU). What the jobs recorded proves the claim. Each metrics.json names its device, and
 was written when its job ended: ``wall_time_s`` earlier the job started (imports, waiting for a
@@ -18,11 +18,11 @@ from workflow_copy import copy_workflow, snakemake
 
 pytestmark = pytest.mark.pipeline
 
-# The workstation default (a free GPU if there is one) instead of the demo's device: cpu.
-OVERLAY = {"device": "auto"}
+# The workstation default (a free GPU if there is one) instead of the demo's device: cpu; one seed
+# (four jobs on two GPUs are enough to see two at once, and never three).
+OVERLAY = {"device": "auto", "autoencoder": {"seeds": [0]}}
 GPUS = ["0", "1"]
-RUNS = [f"{variant}-s{seed}" for variant in ("baseline", "e1d4_maxpool", "e1d4_e2d3_maxpool", "e1d4_conv")
-        for seed in (0, 1)]
+RUNS = [f"{variant}-s0" for variant in ("baseline", "e1d4_maxpool", "e1d4_e2d3_maxpool", "e1d4_conv")]
 
 
 def intervals(metrics_path) -> dict:

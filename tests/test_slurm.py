@@ -1,9 +1,10 @@
 """The pipeline on a real SLURM cluster, through profiles/slurm.
 
-A one-node cluster (tests/slurm_cluster.py) runs on this machine for the module. The demo preset
-goes through the profile to results/report.pdf with every job a SLURM job, while one training job
-is cancelled with scancel half-way and resumes from its checkpoint when Snakemake resubmits it; a
-job that fails inside SLURM fails the run and its log is shown.
+A one-node cluster (tests/slurm_cluster.py) runs on this machine for the module. The tiny preset
+(presets/tiny.yaml over the demo: every job the demo has, one seed, short) goes through the profile
+to results/report.pdf with every job a SLURM job, while one training job is cancelled with scancel
+half-way and resumes from its checkpoint when Snakemake resubmits it; a job that fails inside
+SLURM fails the run and its log is shown.
 
 The profile is used as it is, plus what this test cluster lacks (TEST_OVERRIDES, written to a
 profile of its own beside it): it has a few CPUs and no GPUs, no accounts and no accounting storage.
@@ -29,6 +30,10 @@ from workflow_copy import copy_workflow, planned_jobs
 pytestmark = pytest.mark.pipeline
 
 DEMO = ["--configfile", "presets/demo.yaml"]
+# The tiny preset, but the self-distillation job trains longer (10 epochs of about a second each):
+# long enough to be cancelled half-way.
+CANCELLABLE = {"self_distill": {"train_subset": 500, "train": {"epochs": 10, "lr_milestones": [8]}}}
+TINY = ["--configfile", "presets/demo.yaml", "presets/tiny.yaml", "cancellable.yaml"]
 PROFILE = ["--profile", "profiles/slurm-test"]
 # What the test cluster differs in from a real one; everything else comes from profiles/slurm.
 TEST_OVERRIDES = {
@@ -45,9 +50,9 @@ TEST_OVERRIDES = {
     # Keep every job's SLURM log, not only the failed ones', for the assertions below.
     "slurm-keep-successful-logs": True,
 }
-# The job cancelled half-way: the first of these to have saved two epochs (of eight). No other
-# job waits for them, so their resubmission at the back of SLURM's queue does not hold the run up.
-CANCEL_ONE_OF = ["synthetic10/self_distill/self_distill-resnet18-s0", "synthetic10/self_distill/self_distill-resnet18-s1"]
+# The job cancelled half-way, once it has saved two epochs (of ten). No other training job waits
+# for it, so its resubmission at the back of SLURM's queue does not hold the run up.
+CANCEL_ONE_OF = ["synthetic10/self_distill/self_distill-resnet18-s0"]
 FAILING_RUN = "synthetic10/classify/teacher-resnet14-s0"
 SUBMITTED = re.compile(r"Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (\S+)\)\.")
 
@@ -74,6 +79,7 @@ def deep_merge(base: dict, overlay: dict) -> dict:
 def slurm_workdir(path: Path) -> Path:
     """A copy of the project (a git repository, as a clone is) with the test profile beside profiles/slurm."""
     workdir = copy_workflow(path)
+    (workdir / "cancellable.yaml").write_text(yaml.safe_dump(CANCELLABLE))
     profile = deep_merge(yaml.safe_load((workdir / "profiles" / "slurm" / "config.yaml").read_text()), TEST_OVERRIDES)
     (workdir / "profiles" / "slurm-test").mkdir()
     (workdir / "profiles" / "slurm-test" / "config.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
@@ -145,12 +151,12 @@ def cancel_half_way(cluster, workdir: Path, proc: subprocess.Popen) -> dict:
 
 @pytest.fixture(scope="module")
 def demo(cluster, tmp_path_factory):
-    """The demo through the profile; one self-distillation job is cancelled with scancel half-way."""
+    """The tiny preset through the profile; the self-distillation job is cancelled with scancel half-way."""
     workdir = slurm_workdir(tmp_path_factory.mktemp("slurm-demo"))
     env = {**os.environ, **cluster.env}
-    plan = planned_jobs(subprocess.run(["snakemake", "-n", "results/report.pdf", *DEMO, *PROFILE], cwd=workdir,
+    plan = planned_jobs(subprocess.run(["snakemake", "-n", "results/report.pdf", *TINY, *PROFILE], cwd=workdir,
                                        capture_output=True, text=True, env=env, check=True).stdout)
-    proc = start_snakemake(cluster, workdir, "results/report.pdf", *DEMO, *PROFILE)
+    proc = start_snakemake(cluster, workdir, "results/report.pdf", *TINY, *PROFILE)
     try:
         cancelled = cancel_half_way(cluster, workdir, proc)
     except BaseException:
