@@ -81,7 +81,7 @@ def verify(path: str | os.PathLike, *, md5: str | None = None, sha256: str | Non
     path, source = Path(path), source or str(path)
 
     def mismatch(kind: str, expected: str, actual: str, whence: str) -> ArchiveError:
-        what = describe(path)
+        what = describe(path) or (None if _is_archive(path) else "damaged or incomplete (a download that stopped early?)")
         hint = f"; the file is {what}" if what else ""
         return ArchiveError(f"{kind} mismatch for {source}: expected {expected} ({whence}), got {actual}{hint}.")
 
@@ -99,7 +99,7 @@ def verify(path: str | os.PathLike, *, md5: str | None = None, sha256: str | Non
         if record_sha256 and recorded is None:
             # Trust only a real archive: an error page served with status 200 must not be recorded.
             if not _is_archive(path):
-                what = describe(path) or "not a readable archive"
+                what = describe(path) or "damaged or incomplete (a download that stopped early?)"
                 verb = "did not return" if source != str(path) else "is not"
                 raise ArchiveError(f"{source} {verb} an archive ({what}); nothing was recorded")
             Path(record_sha256).parent.mkdir(parents=True, exist_ok=True)
@@ -107,8 +107,14 @@ def verify(path: str | os.PathLike, *, md5: str | None = None, sha256: str | Non
 
 
 def _is_archive(path: Path) -> bool:
+    """Whether ``path`` is a whole, readable .tar(.gz) or .zip: a truncated one is not (reading every
+    member header runs through the whole compressed stream)."""
+    if zipfile.is_zipfile(path):  # needs the central directory, which sits at the very end
+        return True
     try:
-        return tarfile.is_tarfile(path) or zipfile.is_zipfile(path)
+        with tarfile.open(path) as tf:
+            tf.getmembers()
+        return True
     except _UNREADABLE:
         return False
 
