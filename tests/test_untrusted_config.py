@@ -124,3 +124,17 @@ def test_a_hostile_data_set_name_runs_nothing_in_a_real_run(tmp_path):
     assert not marker.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["project"]
     assert not (project / "results").exists() and not (project / "data").exists()
+
+
+def test_an_unsafe_run_name_built_by_the_plan_is_refused(monkeypatch):
+    # Defence in depth: names the plan derives (role, method, architecture, seed) are checked too,
+    # so a later method or family whose name is unsafe is caught before any job.
+    from kdpipe import config_checks, plan
+
+    runs = plan.training_runs(merged(DEMO))
+    family, run = next(iter(runs))
+    bad = {**runs, (family, "../escaped-s0"): runs[(family, run)]}
+    monkeypatch.setattr(plan, "training_runs", lambda config: bad)
+    message = refusal(DEMO)
+    assert message.startswith("Error in the config: ") and "'../escaped-s0'" in message
+    assert "not a safe file name" in message and config_checks.RUN_NAME_MAX > config_checks.SAFE_NAME_MAX
