@@ -190,6 +190,12 @@ def test_no_network_says_where_to_place_the_file_and_its_checksum(tmp_path):
     assert list(dest.parent.iterdir()) == []
 
 
+def test_a_url_that_is_not_one(tmp_path):
+    with pytest.raises(ArchiveError, match=r"cannot download 'www\.example\.org/c\.tar\.gz'.*`url`"):
+        fetch("www.example.org/c.tar.gz", tmp_path / "raw" / "c.tar.gz")  # never leaves the machine
+    assert list((tmp_path / "raw").iterdir()) == []
+
+
 def test_no_network_without_a_published_checksum_names_the_record(tmp_path):
     dest = tmp_path / "raw" / "cityscapes.tar.gz"
     record = tmp_path / "raw" / "cityscapes.tar.gz.sha256"

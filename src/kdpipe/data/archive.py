@@ -95,7 +95,7 @@ def verify(path: str | os.PathLike, *, md5: str | None = None, sha256: str | Non
         expected = sha256 or recorded
         if expected is not None and actual != expected:
             raise mismatch("sha256", expected, actual,
-                           "the config" if sha256 else f"the first download, recorded in {record_sha256}")
+                           "the config" if sha256 else f"the first download or placed archive, recorded in {record_sha256}")
         if record_sha256 and recorded is None:
             # Trust only a real archive: an error page served with status 200 must not be recorded.
             if not _is_archive(path):
@@ -153,6 +153,9 @@ def fetch(url: str, dest: str | os.PathLike, md5: str | None = None, sha256: str
             download_url(url, root=tmp, filename=dest.name)
         except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as err:
             raise _download_failed(url, dest, err, checksum_note(md5, sha256, record_sha256)) from err
+        except ValueError as err:  # urllib: "unknown url type"
+            raise ArchiveError(f"cannot download {url!r}: {err}. Check the data set's `url` in the config "
+                               "(http://, https:// or ftp://).") from err
         got = Path(tmp) / dest.name
         try:
             verify(got, md5=md5, sha256=sha256, record_sha256=record_sha256, source=url)
