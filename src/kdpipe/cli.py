@@ -22,7 +22,7 @@ def cmd_download(a):
 def cmd_prepare_cifar(a):
     from kdpipe.data.cifar import prepare_cifar
 
-    prepare_cifar(a.source, a.archive, train_out=a.train, test_out=a.test)
+    prepare_cifar(a.source, a.archive, train_out=a.train, test_out=a.test, md5=a.md5 or None)
 
 
 def cmd_prepare_synthetic(a):
@@ -40,7 +40,8 @@ def cmd_prepare_street_scenes(a):
 def cmd_prepare_pix2pix(a):
     from kdpipe.data.cityscapes import prepare_pix2pix
 
-    prepare_pix2pix(a.archive, size=a.size, train_out=a.train, test_out=a.test)
+    prepare_pix2pix(a.archive, size=a.size, train_out=a.train, test_out=a.test, sha256=a.sha256 or None,
+                    record_sha256=a.record_sha256)
 
 
 def cmd_prepare_cityscapes(a):
@@ -140,6 +141,13 @@ def _tables_parser(sub, name: str, help_: str, func) -> None:
     s.set_defaults(func=func)
 
 
+def _sha256_args(s) -> None:
+    # nargs="?": a rule passes `--sha256 {params.sha256:q}`, which Snakemake leaves empty when unset.
+    s.add_argument("--sha256", nargs="?", default=None, help="published sha256 to enforce")
+    s.add_argument("--record-sha256", type=Path, default=None,
+                   help="file keeping the sha256 seen first (trust on first use); later files must match it")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kdpipe", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -147,15 +155,14 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("download", help="download a raw archive, verifying its md5")
     s.add_argument("--url", required=True)
     s.add_argument("--md5", default=None)
-    s.add_argument("--sha256", default=None, help="published sha256 to enforce")
-    s.add_argument("--record-sha256", type=Path, default=None,
-                   help="file keeping the first download's sha256; later downloads must match it")
+    _sha256_args(s)
     s.add_argument("--out", required=True, type=Path)
     s.set_defaults(func=cmd_download)
 
     s = sub.add_parser("prepare-cifar", help="unpack a CIFAR python archive into prepared tensors")
     s.add_argument("--source", required=True, choices=["cifar10", "cifar100"])
     s.add_argument("--archive", required=True, type=Path)
+    s.add_argument("--md5", default=None, help="the archive's md5, checked before it is unpacked (also when placed by hand)")
     s.add_argument("--train", required=True, type=Path, help="prepared train split to write")
     s.add_argument("--test", required=True, type=Path, help="prepared test split to write")
     s.set_defaults(func=cmd_prepare_cifar)
@@ -174,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("prepare-pix2pix", help="unpack pix2pix's cityscapes archive into prepared pairs")
     s.add_argument("--archive", required=True, type=Path)
+    _sha256_args(s)
     s.add_argument("--size", required=True, type=int)
     s.add_argument("--train", required=True, type=Path)
     s.add_argument("--test", required=True, type=Path, help="from the archive's val/ split")
@@ -255,8 +263,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from kdpipe.errors import InputError
+
     args = build_parser().parse_args(argv)
-    args.func(args)
+    try:
+        args.func(args)
+    except InputError as err:
+        # Expected (a download, an archive, a model file): the message says what to do; no traceback.
+        print(f"kdpipe: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -6,10 +6,15 @@ import re
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from kdpipe import dvc_sync, plan
+from kdpipe import config_checks, dvc_sync, plan
 
 # Stops the run, naming the offending key, before any job starts.
 validate(config, "../schemas/config.schema.yaml")
+# What the schema cannot say (duplicate pairs, a transfer set larger than its data set, ...).
+try:
+    config_checks.check_config(config)
+except config_checks.ConfigError as err:
+    raise WorkflowError(f"Error in the config: {err}") from None
 
 # Right after `dvc pull`, every file carries the pull's time and Snakemake has no record of what
 # made it: it could retrain what exists or trust what is stale. Refuse to guess.

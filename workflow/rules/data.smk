@@ -1,5 +1,13 @@
 # Raw data → data/prepared/<set>/{train,test}.pt
 
+# Downloads need the network, which a cluster's compute nodes often lack: run them where
+# Snakemake runs (a SLURM login node), not as cluster jobs. Archives placed by hand under
+# data/raw/<set>/ are checked by the prepare step before use, like downloaded ones.
+localrules:
+    download_cifar,
+    download_pix2pix,
+
+
 
 rule download_cifar:
     output:
@@ -20,7 +28,7 @@ rule download_cifar:
     resources:
         **RESOURCES["data"],
     shell:
-        "kdpipe download --url {params.url:q} --md5 {params.md5} --out {output.archive} > {log} 2>&1"
+        "kdpipe download --url {params.url:q} --md5 {params.md5:q} --out {output.archive:q} > {log:q} 2>&1"
 
 
 rule prepare_cifar:
@@ -31,6 +39,8 @@ rule prepare_cifar:
         test="data/prepared/{dataset}/test.pt",
     params:
         source=lambda wc: dataset_entry(wc)["source"],
+        # Checked again before unpacking: the archive may have been placed by hand.
+        md5=lambda wc: dataset_entry(wc)["md5"],
     log:
         "results/logs/prepare_cifar/{dataset}.log",
     benchmark:
@@ -43,8 +53,8 @@ rule prepare_cifar:
     wildcard_constraints:
         dataset=alternatives(CIFAR_SETS),
     shell:
-        "kdpipe prepare-cifar --source {params.source} --archive {input.archive} "
-        "--train {output.train} --test {output.test} > {log} 2>&1"
+        "kdpipe prepare-cifar --source {params.source:q} --archive {input.archive:q} --md5 {params.md5:q} "
+        "--train {output.train:q} --test {output.test:q} > {log:q} 2>&1"
 
 
 rule prepare_synthetic:
@@ -68,7 +78,7 @@ rule prepare_synthetic:
         dataset=alternatives(SYNTHETIC_SETS),
     shell:
         "kdpipe prepare-synthetic --params {params.generator:q} "
-        "--train {output.train} --test {output.test} > {log} 2>&1"
+        "--train {output.train:q} --test {output.test:q} > {log:q} 2>&1"
 
 
 # Cityscapes pairs (photo X, colour label map Y) for the autoencoder family.
@@ -95,7 +105,7 @@ rule prepare_street_scenes:
         **RESOURCES["data"],
     shell:
         "kdpipe prepare-street-scenes --params {params.generator:q} "
-        "--train {output.train} --test {output.test} > {log} 2>&1"
+        "--train {output.train:q} --test {output.test:q} > {log:q} 2>&1"
 
 
 rule download_pix2pix:
@@ -103,7 +113,8 @@ rule download_pix2pix:
         archive="data/raw/{dataset}/{archive}",
     params:
         url=AE_DATA.get("url", ""),
-        sha256=f"--sha256 {AE_DATA['sha256']}" if AE_DATA.get("sha256") else "",
+        # Empty when unset: Snakemake then writes nothing after `--sha256`, which the command reads as none.
+        sha256=AE_DATA.get("sha256") or "",
         # No checksum is published: the first download's sha256 is kept here and enforced later.
         record=lambda wc: f"data/raw/{wc.dataset}/{wc.archive}.sha256",
     log:
@@ -119,8 +130,8 @@ rule download_pix2pix:
     resources:
         **RESOURCES["data"],
     shell:
-        "kdpipe download --url {params.url:q} {params.sha256} --record-sha256 {params.record} "
-        "--out {output.archive} > {log} 2>&1"
+        "kdpipe download --url {params.url:q} --sha256 {params.sha256:q} --record-sha256 {params.record:q} "
+        "--out {output.archive:q} > {log:q} 2>&1"
 
 
 rule prepare_pix2pix:
@@ -131,6 +142,10 @@ rule prepare_pix2pix:
         test="data/prepared/{dataset}/test.pt",
     params:
         size=AE_DATA["size"],
+        # Checked again before unpacking (the archive may have been placed by hand): the configured
+        # sha256, else the one recorded at first use (recorded now if the file was placed by hand).
+        sha256=AE_DATA.get("sha256") or "",
+        record=lambda wc, input: f"{input.archive}.sha256",
     log:
         "results/logs/prepare_pix2pix/{dataset}.log",
     benchmark:
@@ -143,8 +158,9 @@ rule prepare_pix2pix:
     resources:
         **RESOURCES["data"],
     shell:
-        "kdpipe prepare-pix2pix --archive {input.archive} --size {params.size} "
-        "--train {output.train} --test {output.test} > {log} 2>&1"
+        "kdpipe prepare-pix2pix --archive {input.archive:q} --sha256 {params.sha256:q} --record-sha256 {params.record:q} "
+        "--size {params.size:q} "
+        "--train {output.train:q} --test {output.test:q} > {log:q} 2>&1"
 
 
 rule prepare_cityscapes:
@@ -169,5 +185,5 @@ rule prepare_cityscapes:
     resources:
         **RESOURCES["data"],
     shell:
-        "kdpipe prepare-cityscapes --leftimg {input.leftimg} --gtfine {input.gtfine} --size {params.size} "
-        "--train {output.train} --test {output.test} > {log} 2>&1"
+        "kdpipe prepare-cityscapes --leftimg {input.leftimg:q} --gtfine {input.gtfine:q} --size {params.size:q} "
+        "--train {output.train:q} --test {output.test:q} > {log:q} 2>&1"

@@ -18,7 +18,7 @@ rule tables_kd:
     resources:
         **RESOURCES["report"],
     shell:
-        "kdpipe tables-kd --metrics {input.metrics} --runs {output.runs} --summary {output.summary} --headline {output.headline} > {log} 2>&1"
+        "kdpipe tables-kd --metrics {input.metrics:q} --runs {output.runs:q} --summary {output.summary:q} --headline {output.headline:q} > {log:q} 2>&1"
 
 
 rule tables_self_distill:
@@ -40,8 +40,8 @@ rule tables_self_distill:
     resources:
         **RESOURCES["report"],
     shell:
-        "kdpipe tables-self-distill --metrics {input.metrics} --runs {output.runs} --summary {output.summary} --headline {output.headline} "
-        "> {log} 2>&1"
+        "kdpipe tables-self-distill --metrics {input.metrics:q} --runs {output.runs:q} --summary {output.summary:q} --headline {output.headline:q} "
+        "> {log:q} 2>&1"
 
 
 rule tables_autoencoder:
@@ -63,8 +63,8 @@ rule tables_autoencoder:
     resources:
         **RESOURCES["report"],
     shell:
-        "kdpipe tables-autoencoder --metrics {input.metrics} --runs {output.runs} --summary {output.summary} --headline {output.headline} "
-        "> {log} 2>&1"
+        "kdpipe tables-autoencoder --metrics {input.metrics:q} --runs {output.runs:q} --summary {output.summary:q} --headline {output.headline:q} "
+        "> {log:q} 2>&1"
 
 
 rule tables_jobs:
@@ -87,7 +87,7 @@ rule tables_jobs:
     resources:
         **RESOURCES["report"],
     shell:
-        "kdpipe tables-jobs --benchmarks {params.benchmarks} --metrics {input.metrics} --out {output} > {log} 2>&1"
+        "kdpipe tables-jobs --benchmarks {params.benchmarks:q} --metrics {input.metrics:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule figures_kd:
@@ -109,8 +109,8 @@ rule figures_kd:
     resources:
         **RESOURCES["report"],
     shell:
-        "kdpipe figures-kd --summary {input.summary} --runs {input.runs} --histories {input.histories} "
-        "--out-dir {params.out_dir} > {log} 2>&1"
+        "kdpipe figures-kd --summary {input.summary:q} --runs {input.runs:q} --histories {input.histories:q} "
+        "--out-dir {params.out_dir:q} > {log:q} 2>&1"
 
 
 rule figures_self_distill:
@@ -131,8 +131,8 @@ rule figures_self_distill:
     resources:
         **RESOURCES["report"],
     shell:
-        "kdpipe figures-self-distill --summary {input.summary} --runs {input.runs} --histories {input.histories} "
-        "--cost {output.cost} --curves {output.curves} > {log} 2>&1"
+        "kdpipe figures-self-distill --summary {input.summary:q} --runs {input.runs:q} --histories {input.histories:q} "
+        "--cost {output.cost:q} --curves {output.curves:q} > {log:q} 2>&1"
 
 
 rule figures_autoencoder:
@@ -155,8 +155,8 @@ rule figures_autoencoder:
     resources:
         **RESOURCES["report"],
     shell:
-        "kdpipe figures-autoencoder --runs {input.runs} --models {input.models} --histories {input.histories} "
-        "--test {input.test} --out-dir {params.out_dir} > {log} 2>&1"
+        "kdpipe figures-autoencoder --runs {input.runs:q} --models {input.models:q} --histories {input.histories:q} "
+        "--test {input.test:q} --out-dir {params.out_dir:q} > {log:q} 2>&1"
 
 
 rule report:
@@ -187,5 +187,5 @@ rule report:
     resources:
         **RESOURCES["report"],
     shell:
-        "kdpipe report --name {params.name:q} --tables {params.tables_dir} --figures {params.figures_dir} "
-        "--out {output} > {log} 2>&1"
+        "kdpipe report --name {params.name:q} --tables {params.tables_dir:q} --figures {params.figures_dir:q} "
+        "--out {output:q} > {log:q} 2>&1"

@@ -29,6 +29,6 @@ rule train:
     conda:
         "../../envs/kdpipe.yaml"
     shell:
-        "kdpipe train --run-config {params.run:q} --threads {threads} "
-        "--train {input.train} --test {input.test} --teacher {input.teacher} --resume {params.resume} "
-        "--model {output.model} --metrics {output.metrics} --history {output.history} > {log} 2>&1"
+        "kdpipe train --run-config {params.run:q} --threads {threads:q} "
+        "--train {input.train:q} --test {input.test:q} --teacher {input.teacher:q} --resume {params.resume:q} "
+        "--model {output.model:q} --metrics {output.metrics:q} --history {output.history:q} > {log:q} 2>&1"

@@ -30,6 +30,7 @@ import io
 import os
 import re
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -38,7 +39,7 @@ from PIL import Image
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from kdpipe.data.archive import ArchiveError, _check_member, unpacked
+from kdpipe.data.archive import ArchiveError, _check_member, describe, unreadable, unpacked, verify_placed
 from kdpipe.io import atomic_save
 
 CLASS_NAMES = [
@@ -229,9 +230,13 @@ def _read_pix2pix_split(folder: Path, size: int) -> tuple[torch.Tensor, torch.Te
     return photos, ids_to_colours(ids), ids
 
 
-def prepare_pix2pix(archive: str | os.PathLike, *, size: int, train_out, test_out) -> None:
-    """Unpack pix2pix's cityscapes.tar.gz (temporarily); write train and val (as test)."""
+def prepare_pix2pix(archive: str | os.PathLike, *, size: int, train_out, test_out, sha256: str | None = None,
+                    record_sha256: str | os.PathLike | None = None) -> None:
+    """Check pix2pix's cityscapes.tar.gz (a file placed by hand too) against ``sha256`` or the
+    sha256 recorded at first use, unpack it (temporarily); write train and val (as test)."""
     _check_size(size)
+    if sha256 or record_sha256:
+        verify_placed(archive, sha256=sha256, record_sha256=record_sha256)
     with unpacked(archive) as extracted:
         folders = {split: extracted / "cityscapes" / split for split in ("train", "val")}
         missing = [f"cityscapes/{s}/" for s, f in folders.items() if not f.is_dir()]
@@ -258,8 +263,20 @@ def _safe_names(zf: zipfile.ZipFile, archive: Path) -> list[str]:
 
 def _open_zip(path: str | os.PathLike) -> zipfile.ZipFile:
     if not zipfile.is_zipfile(path):
-        raise ArchiveError(f"{path} is not a zip archive")
+        what = describe(path)
+        raise ArchiveError(
+            f"{path} is not a zip archive: it is {what}" if what else
+            f"{path} is not a readable zip archive (its end is missing: a download that stopped early?). "
+            "Download it again from cityscapes-dataset.com and place it there."
+        )
     return zipfile.ZipFile(path)
+
+
+def _read_member(zf: zipfile.ZipFile, name: str, archive) -> bytes:
+    try:
+        return zf.read(name)
+    except (zipfile.BadZipFile, zlib.error, EOFError) as err:
+        raise unreadable(archive, err) from err
 
 
 def prepare_official(leftimg_zip, gtfine_zip, *, size: int, train_out, test_out) -> None:
@@ -293,8 +310,8 @@ def prepare_official(leftimg_zip, gtfine_zip, *, size: int, train_out, test_out)
             photos = torch.empty(len(pairs), 3, size, size, dtype=torch.uint8)
             ids = torch.empty(len(pairs), size, size, dtype=torch.uint8)
             for i, (photo_name, label_name) in enumerate(pairs):
-                photo = _decode_rgb(pz.read(photo_name), photo_name)
-                label = _decode_label_ids(lz.read(label_name), label_name)
+                photo = _decode_rgb(_read_member(pz, photo_name, leftimg_zip), photo_name)
+                label = _decode_label_ids(_read_member(lz, label_name, gtfine_zip), label_name)
                 if label.shape[-2:] != photo.shape[-2:]:
                     raise ArchiveError(
                         f"{label_name}: size {tuple(label.shape[-2:])} differs from its photo's {tuple(photo.shape[-2:])}"

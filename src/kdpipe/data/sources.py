@@ -10,6 +10,8 @@ CIFAR = {
         "test": ["test_batch"],
         "meta": ("batches.meta", "label_names"),
         "label_key": "labels",
+        "num_classes": 10,
+        "train_per_class": 5000,
     },
     "cifar100": {
         "url": "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
@@ -19,5 +21,11 @@ CIFAR = {
         "test": ["test"],
         "meta": ("meta", "fine_label_names"),
         "label_key": "fine_labels",
+        "num_classes": 100,
+        "train_per_class": 500,
     },
 }
+
+# kdpipe.data.synthetic.generate's default number of classes (a test keeps the two equal); here so
+# config checks know a synthetic set's class sizes without importing torch.
+SYNTHETIC_NUM_CLASSES = 10

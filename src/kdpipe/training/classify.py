@@ -30,10 +30,26 @@ def channel_stats(images: torch.Tensor, device: torch.device) -> tuple[torch.Ten
 
 
 def load_model_file(path, device: torch.device) -> nn.Module:
-    """Rebuild a model saved as ``{"arch", "num_classes", "state_dict"}`` (never runs code)."""
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    model = build_model(saved["arch"], saved["num_classes"])
-    model.load_state_dict(saved["state_dict"])
+    """Rebuild a model saved as ``{"arch", "num_classes", "state_dict"}`` (never runs code).
+
+    A file torch refuses (``weights_only``: it holds code or objects kdpipe never writes), a
+    damaged one, or one of another layout raises ModelFileError naming the file.
+    """
+    import pickle
+
+    from kdpipe.errors import ModelFileError
+
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        model = build_model(saved["arch"], saved["num_classes"])
+        model.load_state_dict(saved["state_dict"])
+    except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError, TypeError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelFileError(
+            f"cannot load the model file {path}: it was not written by kdpipe, or it is damaged "
+            f"({type(err).__name__}: {first}). Nothing in it was run. Delete it and let Snakemake train "
+            "it again, or restore it with `dvc pull`."
+        ) from err
     return model.to(device, memory_format=torch.channels_last)
 
 

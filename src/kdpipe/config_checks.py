@@ -1,0 +1,125 @@
+"""Config checks that JSON schema cannot express, run right after the schema validated the config.
+
+Each check is a small function of the whole (validated) config that raises ``ConfigError``
+naming the key path, the value and what to do; ``CHECKS`` lists them in order (later checks may
+rely on earlier ones: a training run's data set exists before its size is looked up). The
+workflow calls ``check_config`` while loading (workflow/rules/common.smk), so a config that fails
+stops the run before any job starts. Kept free of heavy imports: Snakemake imports it on every load.
+"""
+
+import re
+
+from kdpipe import plan
+from kdpipe.data.sources import CIFAR, SYNTHETIC_NUM_CLASSES
+
+# The schema's $defs/safe_name (a test keeps the two equal): applied here to the names the plan
+# builds from config values (run names), which the schema never sees.
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+SAFE_NAME_MAX = 64
+# A run name adds a role or method, architectures and a seed to the names above.
+RUN_NAME_MAX = 160
+
+
+class ConfigError(ValueError):
+    """The config asks for something the pipeline cannot do; the message names the key and value."""
+
+
+def _trainers(config: dict):
+    """(key, block) of the config blocks that train on a data set under ``datasets``."""
+    return [("classify", config["classify"]), ("self_distill", config["self_distill"])]
+
+
+def datasets_are_defined(config: dict) -> None:
+    defined = sorted(config["datasets"])
+    for key, block in _trainers(config):
+        if block["dataset"] not in config["datasets"]:
+            raise ConfigError(
+                f"{key}.dataset: {block['dataset']!r} is not defined under `datasets` (defined: "
+                f"{', '.join(defined)}); add it there or use one of those"
+            )
+
+
+def autoencoder_data_has_its_own_name(config: dict) -> None:
+    name = config["autoencoder"]["data"]["name"]
+    if name in config["datasets"]:
+        raise ConfigError(
+            f"autoencoder.data.name: {name!r} is also a data set under `datasets`, and both would be prepared "
+            f"into data/prepared/{name}/; give the autoencoder's data a name of its own"
+        )
+
+
+def pairs_are_unique(config: dict) -> None:
+    seen: dict[tuple[str, str], int] = {}
+    for i, pair in enumerate(config["classify"]["pairs"]):
+        key = (pair["teacher"], pair["student"])
+        if key in seen:
+            raise ConfigError(
+                f"classify.pairs: items {seen[key]} and {i} are the same pair, teacher {key[0]} and student "
+                f"{key[1]} (a pair's runs, figures and tables are named by its teacher and student only, "
+                "whatever its temperature or alpha); keep one of them, and compare settings in separate presets"
+            )
+        seen[key] = i
+
+
+def train_class_sizes(entry: dict) -> list[int] | None:
+    """Training images per class of a data set entry, in label order, when the config alone tells."""
+    if entry["source"] in CIFAR:
+        spec = CIFAR[entry["source"]]
+        return [spec["train_per_class"]] * spec["num_classes"]
+    if entry["source"] == "synthetic":
+        # kdpipe.data.synthetic deals labels round-robin: class c gets every num_classes-th image.
+        n, c = entry["num_train"], entry.get("num_classes", SYNTHETIC_NUM_CLASSES)
+        return [size for size in (n // c + (1 if k < n % c else 0) for k in range(c)) if size]
+    return None
+
+
+def _stratified_max(have: list[int]) -> int:
+    """The largest subset kdpipe.training.classify.stratified_subset can draw from classes of these sizes
+    (every class gives size // K images, the first size % K classes one more)."""
+    low = min(have)
+    extra = next((i for i, n in enumerate(have) if n <= low), len(have))
+    return len(have) * low + extra
+
+
+def train_subset_fits(config: dict) -> None:
+    for key, block in _trainers(config):
+        size = block.get("train_subset")
+        name = block["dataset"]
+        have = train_class_sizes(config["datasets"][name])
+        if not size or have is None:
+            continue
+        largest = _stratified_max(have)
+        if size > largest:
+            k = len(have)
+            per_class = f"{have[0]} in each" if len(set(have)) == 1 else f"{min(have)} to {max(have)} in each"
+            raise ConfigError(
+                f"{key}.train_subset: {size} is more than data set {name!r} can give: a stratified subset of {size} "
+                f"takes {-(-size // k)} images from each of its {k} classes, and it has {per_class} "
+                f"({sum(have)} training images in all); use at most {largest}, or null for all of them"
+            )
+
+
+def run_names_are_safe(config: dict) -> None:
+    """Every run and data set name the plan builds is one safe path component (defence in depth)."""
+    for (family, run), cfg in plan.training_runs(config).items():
+        for what, name, limit in (("run", run, RUN_NAME_MAX), ("data set", cfg["dataset"], SAFE_NAME_MAX)):
+            if not SAFE_NAME.match(name) or len(name) > limit:
+                raise ConfigError(
+                    f"{family}: the {what} name {name!r} built from the config is not a safe file name "
+                    f"(letters, digits, '_' and '-', at most {limit} characters); rename what it is made of"
+                )
+
+
+CHECKS = [
+    datasets_are_defined,
+    autoencoder_data_has_its_own_name,
+    pairs_are_unique,
+    train_subset_fits,
+    run_names_are_safe,
+]
+
+
+def check_config(config: dict) -> None:
+    """Run every check on a schema-validated config; raise ConfigError at the first that fails."""
+    for check in CHECKS:
+        check(config)
