@@ -21,10 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-GRAPHS = ("auto", "on", "off")
-PRECISIONS = ("auto", "bf16", "fp32")
-DEFAULTS = {"cuda_graphs": "auto", "precision": "auto", "deterministic": True}
-KEYS = tuple(DEFAULTS)
+from kdpipe.training.settings import DEFAULTS, GRAPHS, KEYS, PRECISIONS, requested_settings  # noqa: F401
+
 # cuBLAS needs a fixed workspace to be deterministic; either value works (CUDA docs, torch's
 # "Reproducibility" notes). Read when cuBLAS first starts in the process, so set it before that.
 CUBLAS_ENV = "CUBLAS_WORKSPACE_CONFIG"
@@ -46,22 +44,6 @@ class Accel:
 
     def as_metrics(self) -> dict:
         return {"precision": self.precision, "cuda_graphs": self.cuda_graphs, "deterministic": self.deterministic}
-
-
-def requested_settings(train_cfg: dict | None) -> dict:
-    """The three keys from a run's ``train`` dict, defaults filled in, values checked."""
-    train_cfg = train_cfg or {}
-    s = {k: train_cfg.get(k, v) for k, v in DEFAULTS.items()}
-    # YAML 1.1 reads a bare `on`/`off` as a boolean: accept it as the word the user meant.
-    if isinstance(s["cuda_graphs"], bool):
-        s["cuda_graphs"] = "on" if s["cuda_graphs"] else "off"
-    if s["cuda_graphs"] not in GRAPHS:
-        raise ValueError(f"train.cuda_graphs must be one of {', '.join(GRAPHS)}; got {s['cuda_graphs']!r}")
-    if s["precision"] not in PRECISIONS:
-        raise ValueError(f"train.precision must be one of {', '.join(PRECISIONS)}; got {s['precision']!r}")
-    if not isinstance(s["deterministic"], bool):
-        raise ValueError(f"train.deterministic must be true or false; got {s['deterministic']!r}")
-    return s
 
 
 def resolve(train_cfg: dict | None, device: torch.device) -> Accel:
