@@ -75,6 +75,8 @@ def train(cfg: dict, *, train_path, test_path, teacher_path=None, model_path, me
     with placement(cfg["device"]) as place:
         # When this job had its device to itself (a multi-GPU workstation's record of who used which GPU).
         extra_times = {"started_at": started, "device_claimed_at": time.time()}
+        if place.slot is not None:  # which of the GPU's job slots (KDPIPE_JOBS_PER_GPU), 0-based
+            extra_times.update(gpu_slot=place.slot, gpu_slots=place.slots)
         train_split, test_split = load_split(train_path), load_split(test_path)  # any family's prepared dict
         torch.manual_seed(cfg["seed"])  # model initialisation
         family, payload, extra = make(cfg, train_split, test_split, place.device, teacher_path)
