@@ -285,3 +285,30 @@ def test_determinism_switches_leave_the_cpu_alone():
     before = torch.are_deterministic_algorithms_enabled()
     accel.apply_determinism(accel.resolve({}, CPU), CPU)
     assert torch.are_deterministic_algorithms_enabled() == before
+
+
+# --- the report's jobs appendix says how each training job ran ---------------------------------
+
+def test_jobs_table_and_appendix_show_precision_and_graphs(tmp_path):
+    import json
+
+    from matplotlib.backends.backend_pdf import PdfPages
+
+    from kdpipe.report.jobs import jobs_appendix
+    from kdpipe.tables.jobs import jobs_table
+
+    bench = tmp_path / "train"
+    bench.mkdir()
+    metrics = []
+    for run, extra in (("new", {"precision": "bf16", "cuda_graphs": True}), ("old", {})):
+        (bench / f"d-classify-{run}.tsv").write_text("s\tmax_rss\tcpu_time\n1.0\t100\t0.9\n")
+        m = tmp_path / f"{run}.json"
+        m.write_text(json.dumps({"config": {"dataset": "d"}, "family": "classify", "run": run,
+                                 "device": "cuda:0 (NVIDIA H100)", **extra}))
+        metrics.append(m)
+    table = jobs_table(sorted(bench.iterdir()), metrics, out_csv=tmp_path / "jobs.csv").set_index("job")
+    assert table.loc["d-classify-new", ["precision", "cuda_graphs"]].tolist() == ["bf16", "yes"]
+    assert table.loc["d-classify-old", ["precision", "cuda_graphs"]].tolist() == ["fp32", "no"]
+    with PdfPages(tmp_path / "a.pdf") as pdf:
+        jobs_appendix(pdf, table.reset_index())
+    assert (tmp_path / "a.pdf").stat().st_size > 0
