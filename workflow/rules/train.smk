@@ -7,11 +7,7 @@
 # for, then longer chains before shorter ones (kdpipe.schedule; expected times are rough).
 from kdpipe import schedule
 
-TRAIN_PRIORITY = schedule.train_priorities(config, RUNS)
-
-
-def train_priority(wildcards):
-    return TRAIN_PRIORITY.get((wildcards.family, wildcards.run), 0)
+TRAIN_PRIORITY = schedule.train_priorities(config, RUNS)  # {(family, run): priority}
 
 
 rule train:
@@ -33,7 +29,7 @@ rule train:
         dataset=alternatives(USED_DATASETS),
         family="classify|self_distill|autoencoder",
     threads: 1
-    priority: train_priority
+    priority: lambda wildcards: TRAIN_PRIORITY.get((wildcards.family, wildcards.run), 0)
     resources:
         gpu=1,
         **RESOURCES["train"],
