@@ -312,3 +312,38 @@ def test_jobs_table_and_appendix_show_precision_and_graphs(tmp_path):
     with PdfPages(tmp_path / "a.pdf") as pdf:
         jobs_appendix(pdf, table.reset_index())
     assert (tmp_path / "a.pdf").stat().st_size > 0
+
+
+class EpochWeighted(Classifier):
+    """A loss that reads the epoch as a Python number (as a DKD warm-up weight would)."""
+
+    epoch = 0
+
+    def loss(self, batch):
+        total, terms = super().loss(batch)
+        return total * min((self.epoch + 1) / 2, 1.0), terms
+
+
+def test_a_loss_that_depends_on_the_epoch_is_captured_again(tmp_path):
+    x, y = tiny_data()
+
+    def fam():
+        torch.manual_seed(0)
+        return EpochWeighted(build_model("resnet8", 10), (x, y), (x[:40], y[:40]), method="alone", batch_size=32,
+                             device=CPU)
+
+    recipe = {**RECIPE, "lr_milestones": []}
+    eager = train(tmp_path, fam(), recipe, name="eager")
+    backend = SimulatedGraphs()
+    graphed = train(tmp_path, fam(), recipe, backend=backend, name="graphed")
+    assert_same(eager, graphed)
+    assert len(backend.captured) == 2 * 3  # two shapes, every epoch (no graph_key to say better)
+
+    class Keyed(EpochWeighted):
+        def graph_key(self):
+            return min((self.epoch + 1) / 2, 1.0)
+
+    keyed = Keyed(build_model("resnet8", 10), (x, y), (x[:40], y[:40]), method="alone", batch_size=32, device=CPU)
+    backend = SimulatedGraphs()
+    train(tmp_path, keyed, recipe, backend=backend, name="keyed")
+    assert len(backend.captured) == 2 * 2  # the weight changes once: epochs 0 | 1, 2

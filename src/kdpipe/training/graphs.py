@@ -18,7 +18,11 @@ pass and the optimiser's update. ``GraphedStep`` captures that, once per batch s
   So a capture changes no number, and a run resumed from a checkpoint, which captures again,
   continues exactly where the uninterrupted run was.
 * Learning rate: captured as a constant, so a graph is dropped and captured again when the lr
-  changes (at a milestone: three times in 240 epochs).
+  changes (at a milestone: three times in 240 epochs). The same holds for anything else a
+  family's loss reads as a Python number: a family whose loss depends on the epoch (it has an
+  ``epoch`` attribute, which the loop sets) is captured again every epoch, unless it says more
+  precisely when its loss changes with a ``graph_key()`` method (e.g. a warm-up weight
+  ``min(epoch / 20, 1)`` changes only during the first 20 epochs).
 * Adam is made ``capturable`` (its step counter lives on the GPU); SGD needs nothing.
 
 The capture backend is swappable: ``SimulatedGraphs`` runs the same bookkeeping on the CPU with
@@ -75,6 +79,9 @@ class EagerStep:
     def set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+
+    def set_state(self, key) -> None:
+        pass
 
     def __call__(self, batch):
         with self.autocast():
@@ -208,6 +215,7 @@ class GraphedStep:
         self.backend, self.warmup, self.max_graphs = backend, warmup, max_graphs
         self.entries: dict[tuple, _Entry] = {}
         self.lr: float | None = None
+        self.state_key = None
         self.captures = 0
         self.eager = EagerStep(family, optimizer, autocast)
         self._warned = False
@@ -218,6 +226,12 @@ class GraphedStep:
         self.lr = lr
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+
+    def set_state(self, key) -> None:
+        """Whatever else the captured loss read as constants (``graph_state``): capture again when it changes."""
+        if key != self.state_key:
+            self.entries.clear()
+        self.state_key = key
 
     def _body(self, static):
         def body():
@@ -269,6 +283,13 @@ class GraphedStep:
         for dst, src in zip(entry.static, _tensors(batch)):
             dst.copy_(src)
         return entry.replay()
+
+
+def graph_state(family):
+    """What, besides the lr, a family's captured loss depends on (see the module doc)."""
+    if hasattr(family, "graph_key"):
+        return family.graph_key()
+    return getattr(family, "epoch", None)
 
 
 def make_step(family, optimizer, accel, device: torch.device, autocast=nullcontext, backend=None):

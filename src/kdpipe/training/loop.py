@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from kdpipe.io import atomic_save
 from kdpipe.training import accel as accel_mod
-from kdpipe.training.graphs import make_step
+from kdpipe.training.graphs import graph_state, make_step
 
 
 @dataclass(frozen=True)
@@ -163,6 +163,7 @@ def _epochs(family, recipe, step, optimizer, outcome, *, start, seed, device, fp
         step.set_lr(lr)
         if hasattr(family, "epoch"):
             family.epoch = epoch  # a loss that depends on the epoch (a warm-up weight) reads it
+        step.set_state(graph_state(family))  # a graphed step captures again when that changes
         model.train()
         sums: dict[str, torch.Tensor] = {}
         steps = 0
