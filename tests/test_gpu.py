@@ -6,6 +6,8 @@ bf16 against fp32, two deterministic runs bitwise equal, a SIGKILLed run resumed
 uninterrupted run's numbers, and both GPU benchmarks to the end.
 
 Needs only PYTHONPATH=src (no `kdpipe` console script): subprocesses run ``python -m kdpipe.cli``.
+Comparisons of settings run in this process (cheap); two-run determinism and SIGKILL-resume use
+separate processes, as Snakemake jobs are.
 """
 
 import json
@@ -80,12 +82,24 @@ def command(cfg, data, out: Path, teacher=None) -> list[str]:
     return cmd + (["--teacher", str(teacher)] if teacher else [])
 
 
-def run(cfg, data, out: Path, teacher=None, timeout=600) -> dict:
-    out.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(command(cfg, data, out, teacher), env=env(), capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+def outputs(out: Path) -> dict:
     return {"metrics": json.loads((out / "metrics.json").read_text()), "history": pd.read_csv(out / "history.csv"),
             "weights": torch.load(out / "model.pt", weights_only=True)["state_dict"]}
+
+
+def run(cfg, data, out: Path, teacher=None, timeout=600, in_process=True) -> dict:
+    """One `kdpipe train` job: in this process (no start-up cost), or as its own process."""
+    out.mkdir(parents=True, exist_ok=True)
+    if in_process:
+        from kdpipe.training.run import train
+
+        train_path, test_path = data[cfg["dataset"]]
+        train(cfg, train_path=train_path, test_path=test_path, teacher_path=teacher, model_path=out / "model.pt",
+              metrics_path=out / "metrics.json", history_path=out / "history.csv", resume_path=out / "resume.pt")
+        return outputs(out)
+    proc = subprocess.run(command(cfg, data, out, teacher), env=env(), capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return outputs(out)
 
 
 def with_settings(cfg, **settings) -> dict:
@@ -124,7 +138,9 @@ def test_defaults_on_cuda_are_graphs_bf16_deterministic(tmp_path, data):
 @pytest.mark.parametrize("name", ["kd_soft", "self_distill", "ae_conv"])
 def test_two_deterministic_runs_are_bitwise_equal(tmp_path, data, teacher, name):
     cfg, t = RUNS[name], teacher if RUNS[name].get("teacher") else None
-    a, b = run(cfg, data, tmp_path / "a", t), run(cfg, data, tmp_path / "b", t)
+    # two processes, as two Snakemake jobs would be
+    a = run(cfg, data, tmp_path / "a", t, in_process=False)
+    b = run(cfg, data, tmp_path / "b", t, in_process=False)
     ha, hb = a["history"].drop(columns="seconds"), b["history"].drop(columns="seconds")
     pd.testing.assert_frame_equal(ha, hb, check_exact=True)
     for k in a["weights"]:
@@ -144,7 +160,7 @@ def saved_epoch(path: Path):
 @pytest.mark.parametrize("name", ["alone", "ae_maxpool"])
 def test_sigkill_and_resume_equals_uninterrupted(tmp_path, data, name):
     cfg = with_settings(RUNS[name], epochs=6, lr_milestones=[4])
-    straight = run(cfg, data, tmp_path / "straight")
+    straight = run(cfg, data, tmp_path / "straight", in_process=False)
     out = tmp_path / "killed"
     out.mkdir()
     proc = subprocess.Popen(command(cfg, data, out), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -161,7 +177,7 @@ def test_sigkill_and_resume_equals_uninterrupted(tmp_path, data, name):
         proc.kill()
         proc.wait()
     assert killed_at is not None, "never caught the run between epochs 2 and 5"
-    resumed = run(cfg, data, out)
+    resumed = run(cfg, data, out, in_process=False)
     assert resumed["metrics"]["resumed_from_epoch"] >= 2
     pd.testing.assert_frame_equal(resumed["history"].drop(columns="seconds"),
                                   straight["history"].drop(columns="seconds"), check_exact=True)
