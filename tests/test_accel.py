@@ -347,3 +347,28 @@ def test_a_loss_that_depends_on_the_epoch_is_captured_again(tmp_path):
     backend = SimulatedGraphs()
     train(tmp_path, keyed, recipe, backend=backend, name="keyed")
     assert len(backend.captured) == 2 * 2  # the weight changes once: epochs 0 | 1, 2
+
+
+class FailingBackend(SimulatedGraphs):
+    def capture(self, body, reset):
+        raise RuntimeError("capture refused")
+
+
+def test_auto_falls_back_to_eager_when_a_capture_fails_and_on_raises(tmp_path, monkeypatch):
+    """cuda_graphs: auto keeps training eagerly (same numbers), and says so; on stops the run."""
+    fam = classifier()
+    opt = Recipe.from_dict(RECIPE).make_optimizer(fam.model.parameters())
+    on = GraphedStep(fam, opt, backend=FailingBackend(), fall_back=False)
+    on.set_lr(0.05)
+    with pytest.raises(RuntimeError, match="capture refused"):
+        on(next(iter(fam.train_batches(torch.Generator().manual_seed(0)))))
+
+    eager = train(tmp_path, classifier(), RECIPE, name="eager")
+    import kdpipe.training.loop as loop
+
+    monkeypatch.setattr(loop, "make_step", lambda family, optimizer, acc, device, autocast, backend=None:
+                        GraphedStep(family, optimizer, autocast, backend=FailingBackend(), fall_back=True))
+    fell_back = train(tmp_path, classifier(), RECIPE, name="fell-back")
+    assert_same(eager, fell_back)
+    assert fell_back[1].settings["cuda_graphs"] is False
+    assert "capture refused" in fell_back[1].settings["cuda_graphs_error"]

@@ -248,11 +248,13 @@ class GraphedStep:
         static = tuple(t.clone() for t in _tensors(batch))  # clone keeps the layout (channels-last)
         body = self._body(static)
         saved = snapshot(model, opt)
-        with self.backend.side_stream():
-            for _ in range(self.warmup):
-                opt.zero_grad(set_to_none=True)
-                body()
-        restore(saved, model, opt)
+        try:
+            with self.backend.side_stream():
+                for _ in range(self.warmup):
+                    opt.zero_grad(set_to_none=True)
+                    body()
+        finally:
+            restore(saved, model, opt)  # also when the warm-up fails: an eager fallback starts clean
         replay = self.backend.capture(body, reset=lambda: opt.zero_grad(set_to_none=True))
         self.captures += 1
         return _Entry(static=static, replay=replay, lr=self.lr)
@@ -274,7 +276,7 @@ class GraphedStep:
             except Exception as err:
                 if not self.fall_back:
                     raise
-                # The warm-up's changes were undone before the capture began: nothing to repair.
+                # The warm-up's changes were undone (restore) and capturing changes no number.
                 self.failed = f"{type(err).__name__}: {err}"
                 self.entries.clear()
                 print(f"kdpipe: CUDA graph capture failed ({self.failed}); this run continues eagerly",
