@@ -21,6 +21,7 @@ status=0
 
 {
     date -u
+    git rev-parse HEAD 2>/dev/null || echo "not a git checkout"
     nvidia-smi 2>&1 || echo "nvidia-smi: not available"
     python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'available', torch.cuda.is_available())"
 } > "$OUT/env.txt" 2>&1

@@ -159,7 +159,7 @@ def saved_epoch(path: Path):
 
 @pytest.mark.parametrize("name", ["alone", "ae_maxpool"])
 def test_sigkill_and_resume_equals_uninterrupted(tmp_path, data, name):
-    cfg = with_settings(RUNS[name], epochs=6, lr_milestones=[4])
+    cfg = with_settings(RUNS[name], epochs=10, lr_milestones=[6])  # epochs are short on a GPU: a wide window
     straight = run(cfg, data, tmp_path / "straight", in_process=False)
     out = tmp_path / "killed"
     out.mkdir()
@@ -167,7 +167,7 @@ def test_sigkill_and_resume_equals_uninterrupted(tmp_path, data, name):
     killed_at, deadline = None, time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         epoch = saved_epoch(out / "resume.pt")
-        if epoch is not None and 2 <= epoch < 6:
+        if epoch is not None and 2 <= epoch < 10:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(timeout=60)
             killed_at = epoch
@@ -176,7 +176,7 @@ def test_sigkill_and_resume_equals_uninterrupted(tmp_path, data, name):
     if proc.poll() is None:
         proc.kill()
         proc.wait()
-    assert killed_at is not None, "never caught the run between epochs 2 and 5"
+    assert killed_at is not None, "never caught the run between epochs 2 and 9"
     resumed = run(cfg, data, out, in_process=False)
     assert resumed["metrics"]["resumed_from_epoch"] >= 2
     pd.testing.assert_frame_equal(resumed["history"].drop(columns="seconds"),
