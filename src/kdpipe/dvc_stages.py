@@ -163,7 +163,7 @@ def dvc_pipeline(root: Path, configfiles: list[str]) -> dict:
         jobs = [plan.train_job(dataset, family, run) for run in names]
         family_dirs[family] = f"results/{dataset}/{family}"
         train_benchmarks += [plan.benchmark_path("train", j) for j in jobs]
-        keys = [family, "device"] + ([f"datasets.{dataset}"] if dataset in config["datasets"] else [])
+        keys = [family, "device", "train"] + ([f"datasets.{dataset}"] if dataset in config["datasets"] else [])
         stages[family] = _stage(
             family, f"train every {family} model ({len(names)} runs)", [family], configfiles,
             [data_outs[dataset]], _params(raw, keys),

@@ -7,6 +7,7 @@ else's (Snakemake reruns a job whose params changed).
 """
 
 from kdpipe.data.sources import CIFAR as CIFAR_SOURCES
+from kdpipe.training.settings import run_train_block
 
 KD_METHODS = ("kd_soft", "kd_hard")
 METHOD_LABELS = {
@@ -151,7 +152,8 @@ def training_runs(config: dict) -> dict[tuple[str, str], dict]:
     runs = {("classify", name): cfg for name, cfg in classify_runs(config).items()}
     runs.update({("self_distill", name): cfg for name, cfg in self_distill_runs(config).items()})
     runs.update({("autoencoder", name): cfg for name, cfg in ae_runs(config).items()})
-    return runs
+    # The config's `train:` block (CUDA graphs, precision, determinism) reaches every run's recipe.
+    return {key: {**cfg, "train": run_train_block(config, cfg["train"])} for key, cfg in runs.items()}
 
 
 FAMILIES = ("classify", "self_distill", "autoencoder")

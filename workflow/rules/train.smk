@@ -2,6 +2,12 @@
 #   results/<set>/<family>/<run>/{model.pt, metrics.json, history.csv}
 # <family>/<run> reads as classify/teacher-resnet56-s0, classify/kd_soft-resnet20-from-resnet56-s0,
 # self_distill/self_distill-resnet18-s0, self_distill/baseline-resnet18-s0, ...
+#
+# Critical path first: a teacher (its students wait for it) starts before any job nothing waits
+# for, then longer chains before shorter ones (kdpipe.schedule; expected times are rough).
+from kdpipe import schedule
+
+TRAIN_PRIORITY = schedule.train_priorities(config, RUNS)  # {(family, run): priority}
 
 
 rule train:
@@ -23,6 +29,7 @@ rule train:
         dataset=alternatives(USED_DATASETS),
         family="classify|self_distill|autoencoder",
     threads: 1
+    priority: lambda wildcards: TRAIN_PRIORITY.get((wildcards.family, wildcards.run), 0)
     resources:
         gpu=1,
         **RESOURCES["train"],

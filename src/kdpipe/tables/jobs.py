@@ -1,4 +1,5 @@
-"""Each job's wall time and peak memory (Snakemake benchmark files), and where it ran."""
+"""Each job's wall time and peak memory (Snakemake benchmark files), where it ran, and how
+(training jobs: precision and whether the step ran as CUDA graphs, from metrics.json)."""
 
 from pathlib import Path
 
@@ -21,15 +22,21 @@ def jobs_table(benchmark_files, metrics_files, *, out_csv) -> pd.DataFrame:
     where = {}
     for path in metrics_files:
         m = read_json(path)
+        graphs = m.get("cuda_graphs")
         where[f"{m['config']['dataset']}-{m['family']}-{m['run']}"] = {
-            "device": m["device"], "host": m.get("host", ""), "slurm_job_id": m.get("slurm_job_id", "")}
+            "device": m["device"], "host": m.get("host", ""), "slurm_job_id": m.get("slurm_job_id", ""),
+            # runs from before these keys existed: eager fp32 (the only loop there was)
+            "precision": m.get("precision", "fp32"), "cuda_graphs": "" if graphs is None and "precision" in m
+            else ("yes" if graphs else "no")}
     present = [p for p in benchmark_files if Path(p).exists()]
     for p in sorted(set(map(str, benchmark_files)) - set(map(str, present))):
         print(f"kdpipe: no benchmark file {p} (made elsewhere or by hand); left out of the jobs table")
-    rows = [{**read_benchmark(p), "device": "", "host": "", "slurm_job_id": ""} for p in present]
+    rows = [{**read_benchmark(p), "device": "", "host": "", "slurm_job_id": "", "precision": "", "cuda_graphs": ""}
+            for p in present]
     for row in rows:
         row.update(where.get(row["job"], {}))
-    columns = ["rule", "job", "wall_s", "max_rss_mb", "cpu_s", "device", "host", "slurm_job_id"]
+    columns = ["rule", "job", "wall_s", "max_rss_mb", "cpu_s", "device", "host", "slurm_job_id", "precision",
+               "cuda_graphs"]
     table = pd.DataFrame(rows, columns=columns).sort_values(["rule", "job"]).reset_index(drop=True)
     atomic_write_text(table.to_csv(index=False), out_csv)
     return table

@@ -4,6 +4,10 @@ A family supplies its model, its batches, its loss and its evaluation (the ``Fam
 the loop owns the optimiser and schedule, the per-epoch checkpoint, resuming, the progress bar
 and the history. Randomness for epoch ``e`` comes from a generator seeded by (seed, e), so a
 run resumed at epoch ``e`` draws exactly the batches an uninterrupted run would have.
+
+How the step runs is the job's ``train`` settings' business (kdpipe.training.accel): on a CUDA
+device by default the whole step is replayed as a CUDA graph under bf16 autocast
+(kdpipe.training.graphs); on the CPU the step is the eager fp32 step it always was.
 """
 
 import hashlib
@@ -19,6 +23,8 @@ from torch import nn
 from tqdm import tqdm
 
 from kdpipe.io import atomic_save
+from kdpipe.training import accel as accel_mod
+from kdpipe.training.graphs import graph_state, make_step
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,7 @@ class Outcome:
     history: list[dict] = field(default_factory=list)
     best: dict = field(default_factory=dict)
     resumed_from_epoch: int = 0
+    settings: dict = field(default_factory=dict)  # precision, CUDA graphs, determinism: for metrics.json
 
     @property
     def last(self) -> dict:
@@ -119,23 +126,44 @@ def fit(
     run_config: dict,
     inputs: list | None = None,
     desc: str = "train",
+    graph_backend=None,
 ) -> Outcome:
     """Train ``family.model`` for ``recipe.epochs``, resuming from ``resume_path`` if it matches.
 
     A checkpoint matches when it was written for the same run config and the same input files
-    (``inputs``: data, teacher; identified by size and modification time).
+    (``inputs``: data, teacher; identified by size and modification time). The run config's
+    ``train`` block picks CUDA graphs, precision and determinism (kdpipe.training.accel);
+    ``graph_backend`` replaces the CUDA graph backend (tests run the graph bookkeeping on the CPU).
     """
     resume_path = Path(resume_path)
     model = family.model
+    acc = accel_mod.resolve(run_config.get("train"), device)
+    accel_mod.apply_determinism(acc, device)
     optimizer = recipe.make_optimizer(model.parameters())
     fp = fingerprint({"config": run_config, "inputs": [input_identity(p) for p in inputs or []]})
     start, outcome = _load_resume(resume_path, fp, model, optimizer)
+    autocast = lambda: accel_mod.autocast(acc, device)  # noqa: E731
+    step = make_step(family, optimizer, acc, device, autocast=autocast, backend=graph_backend)
+    with accel_mod.float32_outputs(family, acc):
+        _epochs(family, recipe, step, optimizer, outcome, start=start, seed=seed, device=device, fp=fp,
+                resume_path=resume_path, desc=desc, autocast=autocast)
+    outcome.settings = {**acc.as_metrics(), "cuda_graphs": step.kind == "graphs" and not getattr(step, "failed", None),
+                        "graph_captures": step.captures}
+    if getattr(step, "failed", None):
+        outcome.settings["cuda_graphs_error"] = step.failed
+    return outcome
+
+
+def _epochs(family, recipe, step, optimizer, outcome, *, start, seed, device, fp, resume_path, desc, autocast):
+    model = family.model
     quiet = not sys.stderr.isatty()
     for epoch in range(start, recipe.epochs):
         t0 = time.perf_counter()
         lr = recipe.lr_at(epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        step.set_lr(lr)
+        if hasattr(family, "epoch"):
+            family.epoch = epoch  # a loss that depends on the epoch (a warm-up weight) reads it
+        step.set_state(graph_state(family))  # a graphed step captures again when that changes
         model.train()
         sums: dict[str, torch.Tensor] = {}
         steps = 0
@@ -147,16 +175,13 @@ def fit(
             mininterval=10.0 if quiet else 0.1,  # a log file gets a line every 10 s, not a flood
         )
         for batch in bar:
-            total, terms = family.loss(batch)
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            optimizer.step()
+            total, terms = step(batch)
             # Sum on the device; one transfer per epoch instead of a sync per step.
             for name, value in {"loss": total, **terms}.items():
                 sums[name] = sums.get(name, 0) + value.detach().float()
             steps += 1
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), autocast():
             scores = family.evaluate()
         row = {"epoch": epoch + 1, "lr": lr}
         row.update({name: float(v) / max(steps, 1) for name, v in sums.items()})
@@ -181,4 +206,3 @@ def fit(
             },
             resume_path,
         )
-    return outcome

@@ -17,6 +17,7 @@ from kdpipe.data.prepared import load_split
 from kdpipe.devices import placement
 from kdpipe.io import atomic_save, atomic_write_text, write_json
 from kdpipe.runinfo import git_commit, host_facts
+from kdpipe.training.accel import prepare_environment
 from kdpipe.training.loop import Outcome, Recipe, fit
 
 
@@ -53,6 +54,7 @@ def write_outputs(*, model_payload: dict, outcome: Outcome, cfg: dict, placement
         "finished_at": time.time(),
         "train_time_s": sum(row["seconds"] for row in outcome.history),
         "resumed_from_epoch": outcome.resumed_from_epoch,
+        **outcome.settings,  # precision, cuda_graphs (used or not), deterministic, graph_captures
         "score": score_key,  # the figure that picked the best epoch
         "best": outcome.best,
         "last": outcome.last,
@@ -68,10 +70,13 @@ def train(cfg: dict, *, train_path, test_path, teacher_path=None, model_path, me
     """Train the run ``cfg`` describes (its ``family`` picks the model, loss and evaluation)."""
     started = time.time()
     torch.set_num_threads(max(1, int(threads)))
+    prepare_environment(cfg.get("train"))  # before CUDA starts: the cuBLAS workspace determinism needs
     make = family_builder(cfg["family"])
     with placement(cfg["device"]) as place:
         # When this job had its device to itself (a multi-GPU workstation's record of who used which GPU).
         extra_times = {"started_at": started, "device_claimed_at": time.time()}
+        if place.slot is not None:  # which of the GPU's job slots (KDPIPE_JOBS_PER_GPU), 0-based
+            extra_times.update(gpu_slot=place.slot, gpu_slots=place.slots)
         train_split, test_split = load_split(train_path), load_split(test_path)  # any family's prepared dict
         torch.manual_seed(cfg["seed"])  # model initialisation
         family, payload, extra = make(cfg, train_split, test_split, place.device, teacher_path)

@@ -1,0 +1,82 @@
+"""Which training job starts first: the critical path (Snakemake ``priority`` of the train rule).
+
+Students wait for their teacher, so a teacher must start before any job that nothing waits for;
+among jobs of one tier, the longer chain (the job's own expected time plus the longest job
+waiting for it) starts first, which packs the rest around it. Snakemake runs, among ready jobs,
+the one with the highest priority: this holds on a workstation (``--cores``, ``--resources gpu``)
+and on SLURM (jobs are submitted in priority order), and with one GPU it means all teachers first.
+
+Expected times are rough, at the paper's shapes on one GPU: seconds per epoch of 50,000 CIFAR
+images (or 2,975 Cityscapes pairs at 256 x 256) measured on an H200 with the eager fp32 loop
+(issue 11's table), scaled by depth, width, image size and the number of training images. Only
+their order matters here.
+"""
+
+import re
+
+from kdpipe import plan
+
+CIFAR_TRAIN_IMAGES = 50_000
+CITYSCAPES_TRAIN_PAIRS = 2_975
+# Seconds per epoch of 50,000 images, eager fp32, H200 (issue 11). Other depths scale linearly.
+CLASSIFY_EPOCH_S = {"resnet56": 14.5, "resnet32x4": 9.0, "resnet20": 6.3, "resnet8x4": 4.1}
+SELF_DISTILL_EPOCH_S = {"self_distill": 4.9, "baseline": 3.6}  # ResNet-18 at width 64
+AE_EPOCH_S = {"distill": 5.5, "baseline": 4.3}  # 2,975 pairs at 256 x 256, width 32
+TEACHER_TIER = 1_000_000  # a job others wait for beats any job nothing waits for
+
+
+def classify_epoch_s(arch: str) -> float:
+    if arch in CLASSIFY_EPOCH_S:
+        return CLASSIFY_EPOCH_S[arch]
+    m = re.fullmatch(r"resnet(\d+)(x4)?", arch)
+    if not m:
+        return CLASSIFY_EPOCH_S["resnet20"]
+    depth = int(m.group(1))
+    return depth * (9.0 / 32 if m.group(2) else 14.5 / 56)
+
+
+def train_images(config: dict, run: dict) -> int:
+    if run["family"] == "autoencoder":
+        data = plan.ae_data(config)
+        return int(data.get("num_train", CITYSCAPES_TRAIN_PAIRS))
+    if run.get("train_subset"):
+        return int(run["train_subset"])
+    entry = plan.dataset_config(config, run["dataset"])
+    return int(entry.get("num_train", CIFAR_TRAIN_IMAGES))
+
+
+def expected_seconds(config: dict, run: dict) -> float:
+    """A job's expected training time on one GPU, eager fp32 (rough; for ordering only)."""
+    epochs = run["train"]["epochs"]
+    if run["family"] == "classify":
+        per = classify_epoch_s(run["arch"])
+        if run.get("teacher"):
+            per += classify_epoch_s(run["teacher"]) / 4  # a teacher forward per batch: ~1/5 to 1/3 of its step (issue 11)
+        return epochs * per * train_images(config, run) / CIFAR_TRAIN_IMAGES
+    if run["family"] == "self_distill":
+        per = SELF_DISTILL_EPOCH_S.get(run["method"], SELF_DISTILL_EPOCH_S["self_distill"])
+        return epochs * per * (run["width"] / 64) ** 2 * train_images(config, run) / CIFAR_TRAIN_IMAGES
+    size = plan.ae_data(config)["size"]
+    per = AE_EPOCH_S["distill" if run["variant"]["pairs"] else "baseline"]
+    return (epochs * per * (size / 256) ** 2 * (run["width"] / 32) ** 2
+            * train_images(config, run) / CITYSCAPES_TRAIN_PAIRS)
+
+
+def train_priorities(config: dict, runs: dict | None = None) -> dict[tuple[str, str], float]:
+    """``{(family, run): priority}`` for the train rule: higher starts first.
+
+    A job others wait for gets ``TEACHER_TIER`` plus its chain's expected seconds; any other job
+    its expected seconds (fractions kept: the demo's jobs are short).
+    """
+    runs = runs if runs is not None else plan.training_runs(config)
+    own = {key: expected_seconds(config, run) for key, run in runs.items()}
+    waiting: dict[tuple[str, str], list] = {key: [] for key in runs}
+    for key, run in runs.items():
+        if run.get("teacher_run"):
+            waiting[(key[0], run["teacher_run"])].append(key)
+
+    def chain(key) -> float:
+        return own[key] + max((chain(k) for k in waiting[key]), default=0.0)
+
+    return {key: (TEACHER_TIER if waiting[key] else 0) + round(min(chain(key), TEACHER_TIER - 1), 3)
+            for key in runs}

@@ -1,0 +1,374 @@
+"""The GPU path's settings and bookkeeping, checked on the CPU.
+
+Config keys (``train: {cuda_graphs, precision, deterministic}``) and their errors; the batch
+plan (full batches plus one fixed remainder, every image once per epoch); the graph step's
+bookkeeping run through a simulated capture backend (captures change no number, one graph per
+batch shape, a new capture after an lr change, resume equal to an uninterrupted run); and that a
+CPU run at the defaults gives bitwise the numbers of the eager fp32 loop.
+"""
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from snakemake.utils import validate
+
+from kdpipe import plan
+from kdpipe.models import build_model
+from kdpipe.training import accel
+from kdpipe.training.classify import Classifier
+from kdpipe.training.graphs import (EagerStep, GraphedStep, SimulatedGraphs, batch_plan, batch_shapes, restore,
+                                    signature, snapshot)
+from kdpipe.training.loop import Recipe, fit
+from kdpipe.training.settings import requested_settings, run_train_block
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = str(ROOT / "workflow" / "schemas" / "config.schema.yaml")
+CPU = torch.device("cpu")
+
+
+# --- config keys ------------------------------------------------------------------------------
+
+def test_defaults_and_yaml_booleans():
+    assert requested_settings({}) == {"cuda_graphs": "auto", "precision": "auto", "deterministic": True}
+    # YAML 1.1 reads bare on/off as booleans
+    assert requested_settings(yaml.safe_load("cuda_graphs: on"))["cuda_graphs"] == "on"
+    assert requested_settings(yaml.safe_load("cuda_graphs: off"))["cuda_graphs"] == "off"
+
+
+@pytest.mark.parametrize("bad, key", [({"cuda_graphs": "maybe"}, "cuda_graphs"), ({"precision": "fp16"}, "precision"),
+                                      ({"deterministic": "yes"}, "deterministic")])
+def test_bad_values_name_their_key(bad, key):
+    with pytest.raises(ValueError, match=f"train.{key}"):
+        requested_settings(bad)
+
+
+def test_resolve_per_device():
+    cpu = accel.resolve({}, CPU)
+    assert (cpu.cuda_graphs, cpu.precision, cpu.deterministic) == (False, "fp32", True)
+    gpu = accel.resolve({}, torch.device("cuda", 0))  # resolving needs no GPU
+    assert (gpu.cuda_graphs, gpu.precision) == (True, "bf16")
+    assert accel.resolve({"cuda_graphs": "off", "precision": "fp32"}, torch.device("cuda")).as_metrics() == {
+        "precision": "fp32", "cuda_graphs": False, "deterministic": True}
+    assert accel.resolve({"precision": "bf16"}, CPU).precision == "bf16"  # CPU autocast: allowed
+    with pytest.raises(ValueError, match="cuda_graphs: on needs a CUDA device"):
+        accel.resolve({"cuda_graphs": "on"}, CPU)
+
+
+def _config(overlay: dict | None = None) -> dict:
+    cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
+    for k, v in (overlay or {}).items():
+        cfg[k] = {**cfg.get(k, {}), **v} if isinstance(v, dict) and isinstance(cfg.get(k), dict) else v
+    return cfg
+
+
+def test_schema_accepts_the_keys_and_fills_defaults():
+    cfg = _config()
+    del cfg["train"]
+    cfg["train"] = {}
+    validate(cfg, SCHEMA)
+    assert cfg["train"] == {"cuda_graphs": "auto", "precision": "auto", "deterministic": True}
+    cfg = _config({"train": yaml.safe_load("{cuda_graphs: off, precision: fp32, deterministic: false}")})
+    validate(cfg, SCHEMA)
+
+
+@pytest.mark.parametrize("overlay, key", [
+    ({"train": {"cuda_graphs": "sometimes"}}, "cuda_graphs"),
+    ({"train": {"precision": "fp16"}}, "precision"),
+    ({"train": {"deterministic": "yes"}}, "deterministic"),
+    ({"train": {"graphs": "on"}}, "graphs"),
+])
+def test_schema_rejects_bad_values(overlay, key):
+    with pytest.raises(Exception, match=key):
+        validate(_config(overlay), SCHEMA)
+
+
+def test_every_run_config_carries_the_settings():
+    cfg = _config({"train": {"precision": "fp32"}})
+    cfg["classify"]["teacher_train"] = {**cfg["classify"]["teacher_train"], "cuda_graphs": False}
+    runs = plan.training_runs(cfg)
+    assert runs
+    for (family, name), run in runs.items():
+        assert run["train"]["precision"] == "fp32"
+        assert run["train"]["deterministic"] is True
+        expected = "off" if run.get("role") == "teacher" else "auto"  # a recipe's own value wins
+        assert run["train"]["cuda_graphs"] == expected, name
+    assert run_train_block({}, {"epochs": 1}) == {"epochs": 1, **requested_settings({})}
+
+
+# --- the batch plan -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n, b", [(100, 32), (96, 32), (5, 8), (0, 4), (2975, 8), (50000, 64)])
+def test_batch_plan_covers_every_item_once_in_at_most_two_shapes(n, b):
+    spans = batch_plan(n, b)
+    seen = [i for start, stop in spans for i in range(start, stop)]
+    assert seen == list(range(n))
+    sizes = [stop - start for start, stop in spans]
+    assert all(s == b for s in sizes[:-1])
+    expected = [] if n == 0 else sorted({min(b, n)} | ({n % b} if n > b and n % b else set()), reverse=True)
+    assert batch_shapes(n, b) == expected
+
+
+def test_signature_tells_layouts_apart():
+    x = torch.zeros(4, 3, 8, 8)
+    assert signature((x,)) != signature((x.contiguous(memory_format=torch.channels_last),))
+    assert signature((x, torch.zeros(4))) == signature((torch.ones(4, 3, 8, 8), torch.ones(4)))
+    assert signature((x[:2],)) != signature((x,))
+
+
+# --- the graph step's bookkeeping, on a simulated backend ---------------------------------------
+
+def tiny_data(n=100, classes=10, size=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
+    return x, torch.randint(0, classes, (n,), generator=g)
+
+
+def classifier(method="alone", teacher=None, seed=0, batch_size=32):
+    x, y = tiny_data()
+    torch.manual_seed(seed)
+    return Classifier(build_model("resnet8", 10), (x, y), (x[:40], y[:40]), method=method, batch_size=batch_size,
+                      device=CPU, teacher=teacher, kd={"temperature": 4, "alpha": 0.9})
+
+
+def teacher_model():
+    torch.manual_seed(123)
+    return build_model("resnet8", 10)
+
+
+RECIPE = {"epochs": 3, "batch_size": 32, "lr": 0.05, "lr_milestones": [2]}
+ADAM = {"epochs": 3, "batch_size": 32, "lr": 1e-3, "optimizer": "adam", "betas": [0.5, 0.999], "weight_decay": 0,
+        "lr_milestones": [1]}
+
+
+def train(tmp_path, family, recipe, settings=None, backend=None, name="run"):
+    cfg = {"run": name, "train": {**recipe, **(settings or {})}}
+    out = fit(family, Recipe.from_dict(cfg["train"]), seed=0, device=CPU, resume_path=tmp_path / f"{name}.pt",
+              run_config=cfg, graph_backend=backend)
+    return {k: v.clone() for k, v in family.model.state_dict().items()}, out
+
+
+def without_seconds(history):
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
+
+
+def assert_same(a, b):
+    (wa, oa), (wb, ob) = a, b
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+    assert without_seconds(oa.history) == without_seconds(ob.history)
+
+
+def test_cpu_defaults_are_the_eager_fp32_loop_bitwise(tmp_path):
+    """Issue 11 item 5: at the defaults a CPU run is the loop of before, bit for bit."""
+    default = train(tmp_path, classifier(), RECIPE, name="default")
+    forced = train(tmp_path, classifier(), RECIPE, {"cuda_graphs": "off", "precision": "fp32"}, name="forced")
+    assert_same(default, forced)
+    assert default[1].settings == {"precision": "fp32", "cuda_graphs": False, "deterministic": True,
+                                   "graph_captures": 0}
+
+
+@pytest.mark.parametrize("family, recipe", [("alone", RECIPE), ("kd_soft", RECIPE), ("kd_hard", ADAM)])
+def test_simulated_graphs_change_no_number(tmp_path, family, recipe):
+    """Warm-ups undone, static buffers, one graph per shape, re-capture after an lr change: the
+    graph bookkeeping gives bitwise the eager run's weights and history (SGD and Adam, KD teacher)."""
+    teacher = teacher_model() if family != "alone" else None
+    eager = train(tmp_path, classifier(family, teacher), recipe, name="eager")
+    backend = SimulatedGraphs()
+    graphed = train(tmp_path, classifier(family, copy.deepcopy(teacher)), recipe, backend=backend, name="graphed")
+    assert_same(eager, graphed)
+    # 100 images in batches of 32: a full shape and a remainder of 4, captured again after the lr milestone
+    assert len(backend.captured) == 2 * 2
+    assert graphed[1].settings["graph_captures"] == 4
+
+
+def test_warmup_and_restore_leave_no_trace():
+    fam = classifier()
+    opt = Recipe.from_dict(RECIPE).make_optimizer(fam.model.parameters())
+    EagerStep(fam, opt)(next(iter(fam.train_batches(torch.Generator().manual_seed(0)))))  # momentum exists
+    before = copy.deepcopy((fam.model.state_dict(), opt.state_dict()))
+    saved = snapshot(fam.model, opt)
+    for batch in fam.train_batches(torch.Generator().manual_seed(1)):
+        EagerStep(fam, opt)(batch)
+    restore(saved, fam.model, opt)
+    after = (fam.model.state_dict(), opt.state_dict())
+    for k, v in before[0].items():
+        assert torch.equal(v, after[0][k]), k
+    for p, st in before[1]["state"].items():
+        assert torch.equal(st["momentum_buffer"], after[1]["state"][p]["momentum_buffer"])
+
+
+def test_extra_shapes_run_eagerly_beyond_the_cap():
+    fam = classifier(batch_size=7)  # 100 = 14 x 7 + 2
+    opt = Recipe.from_dict(RECIPE).make_optimizer(fam.model.parameters())
+    backend = SimulatedGraphs()
+    step = GraphedStep(fam, opt, backend=backend, max_graphs=1, warmup=1)
+    step.set_lr(0.05)
+    for batch in fam.train_batches(torch.Generator().manual_seed(0)):
+        step(batch)
+    assert step.captures == 1  # the remainder ran eagerly
+
+
+class KilledAt(Exception):
+    pass
+
+
+class Dies(Classifier):
+    """Stands for a SIGKILL between epochs: the checkpoint of ``die_at`` epochs is on disk."""
+
+    die_at = None
+
+    def train_batches(self, generator):
+        if self.die_at is not None and self._epochs == self.die_at:
+            raise KilledAt
+        self._epochs += 1
+        yield from super().train_batches(generator)
+
+
+def dies(die_at=None):
+    x, y = tiny_data()
+    torch.manual_seed(0)
+    fam = Dies(build_model("resnet8", 10), (x, y), (x[:40], y[:40]), method="alone", batch_size=32, device=CPU)
+    fam._epochs, fam.die_at = 0, die_at
+    return fam
+
+
+def test_resume_with_graphs_equals_uninterrupted(tmp_path):
+    """A resumed run captures again: it must still continue exactly where the straight run was."""
+    recipe = {**RECIPE, "epochs": 4, "lr_milestones": [3]}
+    straight = train(tmp_path, dies(), recipe, backend=SimulatedGraphs(), name="straight")
+    with pytest.raises(KilledAt):
+        train(tmp_path, dies(die_at=2), recipe, backend=SimulatedGraphs(), name="killed")
+    resumed = train(tmp_path, dies(), recipe, backend=SimulatedGraphs(), name="killed")
+    assert resumed[1].resumed_from_epoch == 2
+    assert_same(straight, resumed)
+
+
+def test_bf16_on_cpu_stays_close_to_fp32(tmp_path):
+    fp32 = train(tmp_path, classifier("kd_soft", teacher_model()), RECIPE, {"precision": "fp32"}, name="fp32")
+    bf16 = train(tmp_path, classifier("kd_soft", teacher_model()), RECIPE, {"precision": "bf16"}, name="bf16")
+    assert bf16[1].settings["precision"] == "bf16"
+    for a, b in zip(fp32[1].history, bf16[1].history):
+        assert b["loss"] == pytest.approx(a["loss"], rel=0.05)
+    # the loss terms reached the loss as float32, and the model's weights stay float32
+    assert all(v.dtype == torch.float32 for v in bf16[0].values() if v.is_floating_point())
+
+
+def test_float32_outputs_hook_is_removed_after_the_run(tmp_path):
+    fam = classifier()
+    train(tmp_path, fam, RECIPE, {"precision": "bf16"}, name="hooks")
+    assert not fam.model._forward_hooks
+
+
+def test_graphs_on_for_a_cpu_job_stops_it(tmp_path):
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        train(tmp_path, classifier(), RECIPE, {"cuda_graphs": "on"}, name="on")
+
+
+def test_cublas_workspace_set_only_when_deterministic(monkeypatch):
+    monkeypatch.delenv(accel.CUBLAS_ENV, raising=False)
+    accel.prepare_environment({"deterministic": False})
+    import os
+
+    assert accel.CUBLAS_ENV not in os.environ
+    accel.prepare_environment({})
+    assert os.environ[accel.CUBLAS_ENV] == ":4096:8"
+    monkeypatch.setenv(accel.CUBLAS_ENV, ":16:8")
+    accel.prepare_environment({})
+    assert os.environ[accel.CUBLAS_ENV] == ":16:8"
+
+
+def test_determinism_switches_leave_the_cpu_alone():
+    before = torch.are_deterministic_algorithms_enabled()
+    accel.apply_determinism(accel.resolve({}, CPU), CPU)
+    assert torch.are_deterministic_algorithms_enabled() == before
+
+
+# --- the report's jobs appendix says how each training job ran ---------------------------------
+
+def test_jobs_table_and_appendix_show_precision_and_graphs(tmp_path):
+    import json
+
+    from matplotlib.backends.backend_pdf import PdfPages
+
+    from kdpipe.report.jobs import jobs_appendix
+    from kdpipe.tables.jobs import jobs_table
+
+    bench = tmp_path / "train"
+    bench.mkdir()
+    metrics = []
+    for run, extra in (("new", {"precision": "bf16", "cuda_graphs": True}), ("old", {})):
+        (bench / f"d-classify-{run}.tsv").write_text("s\tmax_rss\tcpu_time\n1.0\t100\t0.9\n")
+        m = tmp_path / f"{run}.json"
+        m.write_text(json.dumps({"config": {"dataset": "d"}, "family": "classify", "run": run,
+                                 "device": "cuda:0 (NVIDIA H100)", **extra}))
+        metrics.append(m)
+    table = jobs_table(sorted(bench.iterdir()), metrics, out_csv=tmp_path / "jobs.csv").set_index("job")
+    assert table.loc["d-classify-new", ["precision", "cuda_graphs"]].tolist() == ["bf16", "yes"]
+    assert table.loc["d-classify-old", ["precision", "cuda_graphs"]].tolist() == ["fp32", "no"]
+    with PdfPages(tmp_path / "a.pdf") as pdf:
+        jobs_appendix(pdf, table.reset_index())
+    assert (tmp_path / "a.pdf").stat().st_size > 0
+
+
+class EpochWeighted(Classifier):
+    """A loss that reads the epoch as a Python number (as a DKD warm-up weight would)."""
+
+    epoch = 0
+
+    def loss(self, batch):
+        total, terms = super().loss(batch)
+        return total * min((self.epoch + 1) / 2, 1.0), terms
+
+
+def test_a_loss_that_depends_on_the_epoch_is_captured_again(tmp_path):
+    x, y = tiny_data()
+
+    def fam():
+        torch.manual_seed(0)
+        return EpochWeighted(build_model("resnet8", 10), (x, y), (x[:40], y[:40]), method="alone", batch_size=32,
+                             device=CPU)
+
+    recipe = {**RECIPE, "lr_milestones": []}
+    eager = train(tmp_path, fam(), recipe, name="eager")
+    backend = SimulatedGraphs()
+    graphed = train(tmp_path, fam(), recipe, backend=backend, name="graphed")
+    assert_same(eager, graphed)
+    assert len(backend.captured) == 2 * 3  # two shapes, every epoch (no graph_key to say better)
+
+    class Keyed(EpochWeighted):
+        def graph_key(self):
+            return min((self.epoch + 1) / 2, 1.0)
+
+    keyed = Keyed(build_model("resnet8", 10), (x, y), (x[:40], y[:40]), method="alone", batch_size=32, device=CPU)
+    backend = SimulatedGraphs()
+    train(tmp_path, keyed, recipe, backend=backend, name="keyed")
+    assert len(backend.captured) == 2 * 2  # the weight changes once: epochs 0 | 1, 2
+
+
+class FailingBackend(SimulatedGraphs):
+    def capture(self, body, reset):
+        raise RuntimeError("capture refused")
+
+
+def test_auto_falls_back_to_eager_when_a_capture_fails_and_on_raises(tmp_path, monkeypatch):
+    """cuda_graphs: auto keeps training eagerly (same numbers), and says so; on stops the run."""
+    fam = classifier()
+    opt = Recipe.from_dict(RECIPE).make_optimizer(fam.model.parameters())
+    on = GraphedStep(fam, opt, backend=FailingBackend(), fall_back=False)
+    on.set_lr(0.05)
+    with pytest.raises(RuntimeError, match="capture refused"):
+        on(next(iter(fam.train_batches(torch.Generator().manual_seed(0)))))
+
+    eager = train(tmp_path, classifier(), RECIPE, name="eager")
+    import kdpipe.training.loop as loop
+
+    monkeypatch.setattr(loop, "make_step", lambda family, optimizer, acc, device, autocast, backend=None:
+                        GraphedStep(family, optimizer, autocast, backend=FailingBackend(), fall_back=True))
+    fell_back = train(tmp_path, classifier(), RECIPE, name="fell-back")
+    assert_same(eager, fell_back)
+    assert fell_back[1].settings["cuda_graphs"] is False
+    assert "capture refused" in fell_back[1].settings["cuda_graphs_error"]

@@ -1,0 +1,121 @@
+"""Several jobs per GPU (KDPIPE_JOBS_PER_GPU): never more jobs on a GPU than its slots, never one
+slot twice; threads and real processes, on simulated GPUs."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from itertools import combinations
+
+import pytest
+
+from kdpipe import devices
+from kdpipe.devices import JOBS_PER_GPU_ENV, SIMULATED_ENV, claim_slot, jobs_per_gpu, lock_name, placement
+
+
+def most_at_once(spans) -> int:
+    events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])  # an end before a start at a tie
+    running = peak = 0
+    for _, step in events:
+        running += step
+        peak = max(peak, running)
+    return peak
+
+
+def check(holds: list[dict], gpus: list[str], slots: int) -> None:
+    assert most_at_once([h["span"] for h in holds]) == len(gpus) * slots, "all slots should have been busy at once"
+    for g in gpus:
+        assert most_at_once([h["span"] for h in holds if h["gpu"] == g]) <= slots, g
+    for a, b in combinations(holds, 2):
+        overlap = min(a["span"][1], b["span"][1]) > max(a["span"][0], b["span"][0])
+        assert not (overlap and (a["gpu"], a["slot"]) == (b["gpu"], b["slot"])), (a, b)
+    assert {h["slot"] for h in holds} == set(range(slots))
+
+
+def test_jobs_per_gpu_setting(monkeypatch):
+    monkeypatch.delenv(JOBS_PER_GPU_ENV, raising=False)
+    assert jobs_per_gpu() == 1
+    monkeypatch.setenv(JOBS_PER_GPU_ENV, "3")
+    assert jobs_per_gpu() == 3
+    for bad in ("0", "-1", "two", "1.5"):
+        monkeypatch.setenv(JOBS_PER_GPU_ENV, bad)
+        with pytest.raises(ValueError, match=JOBS_PER_GPU_ENV):
+            jobs_per_gpu()
+    assert lock_name("0", 0) == "gpu-0.lock" and lock_name("3", 2) == "gpu-3-slot2.lock"
+
+
+def test_slots_fill_gpu_by_gpu(tmp_path):
+    with claim_slot(["0", "1"], 2, tmp_path) as a, claim_slot(["0", "1"], 2, tmp_path) as b:
+        with claim_slot(["0", "1"], 2, tmp_path) as c:
+            assert [a, b, c] == [(0, "0", 0), (1, "1", 0), (0, "0", 1)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu-0-slot1.lock", "gpu-0.lock", "gpu-1.lock"]
+
+
+def test_threads_never_overbook(tmp_path):
+    gpus, slots, workers = ["0", "1"], 3, 12
+    holds, lock = [], threading.Lock()
+    barrier = threading.Barrier(workers)
+
+    def work():
+        barrier.wait()
+        with claim_slot(gpus, slots, tmp_path, poll_s=0.01) as (_, gpu, slot):
+            start = time.monotonic()
+            time.sleep(0.15)
+            end = time.monotonic()
+        with lock:
+            holds.append({"gpu": gpu, "slot": slot, "span": (start, end)})
+
+    threads = [threading.Thread(target=work) for _ in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(holds) == workers
+    check(holds, gpus, slots)
+
+
+WORKER = textwrap.dedent(
+    """
+    import json, sys, time
+    from pathlib import Path
+    from kdpipe.devices import placement
+    go, out = Path(sys.argv[1]), Path(sys.argv[2])
+    while not go.exists():
+        time.sleep(0.01)
+    with placement("cuda", lock_dir=sys.argv[3]) as p:
+        start = time.time()
+        time.sleep(0.6)
+        end = time.time()
+    out.write_text(json.dumps({"gpu": p.gpu_id, "slot": p.slot, "slots": p.slots, "name": p.name,
+                               "span": [start, end]}))
+    """
+)
+
+
+def test_processes_never_overbook_a_simulated_gpu(tmp_path):
+    """Five `placement("cuda")` processes, one simulated GPU with two slots: at most two at once."""
+    env = {**os.environ, SIMULATED_ENV: "7", JOBS_PER_GPU_ENV: "2"}
+    env.pop("SLURM_JOB_ID", None)
+    go, locks = tmp_path / "go", tmp_path / "locks"
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(go), str(tmp_path / f"r{i}.json"), str(locks)],
+                              env=env) for i in range(5)]
+    time.sleep(3)  # let them import torch before the start signal (2 shared cores)
+    go.touch()
+    for p in procs:
+        assert p.wait(timeout=120) == 0
+    holds = [json.loads((tmp_path / f"r{i}.json").read_text()) for i in range(5)]
+    assert all(h["name"] == "cuda:7 (simulated)" and h["slots"] == 2 for h in holds)
+    check(holds, ["7"], 2)
+
+
+def test_placement_without_slots_is_unchanged(monkeypatch, tmp_path):
+    monkeypatch.setenv(SIMULATED_ENV, "0")
+    monkeypatch.delenv(JOBS_PER_GPU_ENV, raising=False)
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    with placement("auto", lock_dir=tmp_path) as p:
+        assert (p.name, p.slot, p.slots) == ("cuda:0 (simulated)", 0, 1)
+    assert [f.name for f in tmp_path.iterdir()] == ["gpu-0.lock"]
+    assert devices.JOBS_PER_GPU_ENV == "KDPIPE_JOBS_PER_GPU"

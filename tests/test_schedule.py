@@ -1,0 +1,57 @@
+"""Critical path first: teachers get the highest training priorities, in the plan and in the
+priorities Snakemake actually assigns (a dry run of the demo; nothing is built)."""
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kdpipe import plan, schedule
+from workflow_copy import copy_workflow, snakemake
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def merged(*files) -> dict:
+    cfg: dict = {}
+    for f in files:
+        for k, v in yaml.safe_load((ROOT / f).read_text()).items():
+            cfg[k] = {**cfg[k], **v} if isinstance(v, dict) and isinstance(cfg.get(k), dict) else v
+    return cfg
+
+
+@pytest.mark.parametrize("files", [["config.yaml"], ["config.yaml", "presets/demo.yaml"]])
+def test_teachers_outrank_every_job_nothing_waits_for(files):
+    cfg = merged(*files)
+    runs = plan.training_runs(cfg)
+    prio = schedule.train_priorities(cfg, runs)
+    teachers = [k for k, r in runs.items() if r.get("role") == "teacher"]
+    others = [k for k in runs if k not in teachers]
+    assert teachers and others
+    assert min(prio[k] for k in teachers) > max(prio[k] for k in others)
+    # a KD student (teacher forward on top of its own step) before the same student alone
+    for key, run in runs.items():
+        if run.get("method") == "kd_soft":
+            alone = ("classify", plan.student_run("alone", run["arch"], None, run["seed"]))
+            assert prio[key] > prio[alone]
+
+
+def test_longer_chain_first_among_teachers():
+    cfg = merged("config.yaml")
+    prio = schedule.train_priorities(cfg)
+    # resnet56 (14.5 s/epoch) and its students outlast resnet32x4 (9.0 s/epoch) and its students
+    assert prio[("classify", "teacher-resnet56-s0")] > prio[("classify", "teacher-resnet32x4-s0")]
+
+
+def test_snakemake_assigns_the_priorities(tmp_path):
+    workdir = copy_workflow(tmp_path / "w")
+    out = snakemake(workdir, "results/report.pdf", "-n", "--cores", "1", "--configfile", "presets/demo.yaml").stdout
+    jobs = re.findall(r"rule train:\n(?:.*\n)*?\s+wildcards: dataset=\S+, family=(\w+), run=(\S+)\n"
+                      r"(?:(?!rule ).*\n)*?\s+priority: ([\d.]+)", out)
+    prio = {(f, r): float(p) for f, r, p in jobs}
+    cfg = merged("config.yaml", "presets/demo.yaml")
+    runs = plan.training_runs(cfg)
+    assert set(prio) == set(runs), out[-3000:]
+    teachers = {k for k, r in runs.items() if r.get("role") == "teacher"}
+    assert min(prio[k] for k in teachers) > max(v for k, v in prio.items() if k not in teachers)
