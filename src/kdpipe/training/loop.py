@@ -133,6 +133,8 @@ def fit(
     quiet = not sys.stderr.isatty()
     for epoch in range(start, recipe.epochs):
         t0 = time.perf_counter()
+        if hasattr(family, "epoch"):  # a loss that depends on the epoch (DKD's warm-up) reads it
+            family.epoch = epoch
         lr = recipe.lr_at(epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr
