@@ -6,14 +6,14 @@ import yaml
 from workflow_copy import copy_workflow, snakemake
 
 BAD_OVERLAYS = {
-    "unknown key": ({"classify": {"kd": {"temprature": 2}}}, "temprature"),
+    "unknown key": ({"classify": {"method_params": {"kd_soft": {"temprature": 2}}}}, "temprature"),
     "unknown top-level key": ({"clasify": {}}, "clasify"),
     "wrong type": ({"classify": {"seeds": "0, 1"}}, "seeds"),
     "epochs below 1": ({"classify": {"teacher_train": {"epochs": 0}}}, "epochs"),
-    "alpha above 1": ({"classify": {"kd": {"alpha": 1.5}}}, "alpha"),
-    "alpha below 0": ({"classify": {"kd": {"hard_alpha": -0.1}}}, "hard_alpha"),
-    "temperature zero": ({"classify": {"kd": {"temperature": 0}}}, "temperature"),
-    "negative pair temperature": ({"classify": {"pairs": [{"teacher": "resnet56", "student": "resnet20", "temperature": -1}]}}, "temperature"),
+    "alpha above 1": ({"classify": {"method_params": {"kd_soft": {"alpha": 1.5}}}}, "alpha"),
+    "alpha below 0": ({"classify": {"method_params": {"kd_hard": {"alpha": -0.1}}}}, "kd_hard"),
+    "temperature zero": ({"classify": {"method_params": {"kd_soft": {"temperature": 0}}}}, "temperature"),
+    "negative pair temperature": ({"classify": {"pairs": [{"teacher": "resnet56", "student": "resnet20", "method_params": {"kd_soft": {"temperature": -1}}}]}}, "temperature"),
     "unknown architecture": ({"classify": {"pairs": [{"teacher": "resnet9000", "student": "resnet20"}]}}, "resnet9000"),
     "bad device": ({"device": "tpu"}, "device"),
     "bad md5": ({"datasets": {"cifar100": {"md5": "not-a-hash"}}}, "md5"),

@@ -8,12 +8,17 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from kdpipe import dvc_sync, plan
+from kdpipe.config_checks import ConfigError, check_config
 from kdpipe.config_schema import schema_file
 
 # Stops the run, naming the offending key, before any job starts. The schema file plus what the
 # method registry generates (classify.methods, method_params): see kdpipe.config_schema.
 with schema_file(os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml")) as merged_schema:
     validate(config, merged_schema)
+try:  # what JSON schema cannot express (kdpipe.config_checks)
+    check_config(config)
+except ConfigError as err:
+    raise WorkflowError(str(err)) from None
 
 # Right after `dvc pull`, every file carries the pull's time and Snakemake has no record of what
 # made it: it could retrain what exists or trust what is stale. Refuse to guess.
