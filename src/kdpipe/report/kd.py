@@ -32,7 +32,7 @@ def methods_table(summary: pd.DataFrame, when: str) -> tuple[list[str], list[lis
     pairs = list(dict.fromkeys(summary["pair"]))
     columns = ["method"]
     for pair in pairs:
-        columns += [f"{pair}\n{when} top-1", "Δ vs alone\n(better/seeds)", "reference\n(published)"]
+        columns += [f"{when} top-1\n{pair.replace('-to-', '→')}", "Δ vs alone\n(better/seeds)", "reference\n(published)"]
     rows = []
     for entry in dict.fromkeys(summary["entry"]):
         entry_rows = summary[summary["entry"] == entry]
@@ -49,11 +49,11 @@ def methods_table(summary: pd.DataFrame, when: str) -> tuple[list[str], list[lis
     return columns, rows
 
 
-def verdicts(summary: pd.DataFrame) -> str:
-    """One plain sentence per pair and method: the paired difference at the best epoch, and whether it
+def verdicts(rows: pd.DataFrame) -> str:
+    """One plain sentence per method of a pair: the paired difference at the best epoch, and whether it
     is larger than its spread across seeds."""
     lines = []
-    for pair, rows in summary.groupby("pair", sort=False):
+    for pair, rows in rows.groupby("pair", sort=False):
         said = []
         for _, r in rows.iterrows():
             if not _num(r.get("best_top1_diff_mean")):
@@ -67,10 +67,9 @@ def verdicts(summary: pd.DataFrame) -> str:
                 how = f"within its spread across seeds (± {r['best_top1_diff_std']:.2f})"
             else:
                 how = "one seed, no spread to compare with"
-            said.append(f"  {r['label']} {word} the student alone: {diff:+.2f} points, {how}; better on "
+            said.append(f"{r['label']} {word} the student alone: {diff:+.2f} points, {how}; better on "
                         f"{int(r['best_top1_seeds_better'])} of {n} seeds.")
-        if said:
-            lines += [f"{pair}:", *said]
+        lines += said
     return "\n".join(lines)
 
 
@@ -117,9 +116,7 @@ def kd_section(pdf, summary: pd.DataFrame, figures_dir: Path) -> None:
         columns, rows = methods_table(summary, when)
         table(fig, [0.03, y - height, 0.94, height], columns, rows, size=6.5)
         y -= height + 0.03
-    y = text(fig, y, "Result (best epoch, paired over seeds):\n" + verdicts(summary), size=8, width=110,
-             weight="bold")
-    y = text(fig, y - 0.005, caveat(summary), size=8, width=120, style="italic")
+    y = text(fig, y, caveat(summary), size=8, width=120, style="italic")
     refs = students[students["reference_source"].fillna("") != ""]["reference_source"].unique()
     if len(refs):
         text(fig, y - 0.005, "Reference, not measured here — " + "; ".join(refs) + ".", size=8, width=120,
@@ -129,8 +126,11 @@ def kd_section(pdf, summary: pd.DataFrame, figures_dir: Path) -> None:
         fig = page()
         r = rows.iloc[0]
         heading(fig, f"1.{i} {r['teacher']} → {r['student']}: every method")
-        text(fig, 0.91, f"Bars: best- and last-epoch top-1 per method (mean ± std over seeds), in the colours of "
-                        f"the method registry; dashed: the student alone. Curves: test top-1 per epoch.", size=9)
-        image(fig, [0.05, 0.45, 0.9, 0.43], figures_dir / f"kd-{pair}-accuracy.png")
-        image(fig, [0.05, 0.04, 0.9, 0.38], figures_dir / f"kd-{pair}-curves.png")
+        y = text(fig, 0.91, "Result (best epoch, paired over seeds):\n" + verdicts(rows), size=8, width=115,
+                 weight="bold")
+        y = text(fig, y - 0.005, "Bars: best- and last-epoch top-1 per method (mean ± std over seeds), in the colours "
+                                 "of the method registry; dashed: the student alone. Curves: test top-1 per epoch.",
+                 size=8, width=120)
+        image(fig, [0.05, 0.4, 0.9, y - 0.41], figures_dir / f"kd-{pair}-accuracy.png")
+        image(fig, [0.05, 0.02, 0.9, 0.37], figures_dir / f"kd-{pair}-curves.png")
         save(pdf, fig)
