@@ -145,9 +145,16 @@ def test_untaught_method_settings_must_agree_across_pairs(monkeypatch):
     monkeypatch.setitem(methods.METHODS, "solo", solo)
     pairs = [{"teacher": "resnet14", "student": "resnet8"},
              {"teacher": "resnet20", "student": "resnet8", "method_params": {"solo": {"k": 2}}}]
-    config = merged_config({"classify": {"methods": ["alone", "solo"], "pairs": pairs}})
+    config = merged_config({"classify": {"methods": ["alone", "kd_soft", "solo"], "pairs": pairs}})
     validate_config(config, SCHEMA)
     with pytest.raises(ConfigError, match=r"pairs\[1\]\.method_params\.solo: solo trains resnet8 once"):
+        check_config(config)
+
+
+def test_a_method_with_a_teacher_is_needed():
+    config = merged_config({"classify": {"methods": ["alone", "dml"]}})
+    validate_config(config, SCHEMA)
+    with pytest.raises(ConfigError, match=r"classify\.methods: none of \['alone', 'dml'\] learns from a teacher"):
         check_config(config)
 
 

@@ -41,7 +41,17 @@ def untaught_runs_agree(config: dict) -> list[str]:
     return problems
 
 
-CHECKS = [pair_settings_name_listed_methods, untaught_runs_agree]
+def some_method_learns_from_the_teacher(config: dict) -> list[str]:
+    """Pairs are teacher→student comparisons: with no method that learns from a teacher there is no
+    teacher to train and no pair for the tables to show."""
+    if not any(methods.get(m).needs_teacher for m in config["classify"]["methods"]):
+        taught = [name for name, m in methods.METHODS.items() if m.needs_teacher]
+        return [f"classify.methods: none of {config['classify']['methods']} learns from a teacher; "
+                f"add at least one of {', '.join(taught)}"]
+    return []
+
+
+CHECKS = [pair_settings_name_listed_methods, untaught_runs_agree, some_method_learns_from_the_teacher]
 
 
 def check_config(config: dict) -> None:
