@@ -101,6 +101,7 @@ def _dkd_step(o: Forward, p: dict):
 
 
 TEACHER = {"name": "teacher", "label": "teacher", "colour": "#4d4d4d"}
+BASELINE = "alone"  # the method every other one is compared with (paired by seed) in the tables and report
 
 METHODS: dict[str, Method] = {m.name: m for m in [
     Method(

@@ -26,10 +26,10 @@ def kd_accuracy_bars(summary: pd.DataFrame, path) -> None:
         bars = ax.bar(xs, means, width, yerr=stds, capsize=3, hatch=hatch, label=f"{when} epoch",
                       color=[methods.colour(m) for m in methods_], edgecolor="white", alpha=0.9 if k == 0 else 0.6)
         ax.bar_label(bars, labels=[f"{v:.1f}" for v in means], padding=2, fontsize=7)
-    alone = summary[summary["method"] == "alone"]
+    alone = summary[summary["method"] == methods.BASELINE]
     if not alone.empty:
-        ax.axhline(alone["best_top1_mean"].iloc[0], color=methods.colour("alone"), lw=0.8, ls="--",
-                   label="student alone (best)")
+        ax.axhline(alone["best_top1_mean"].iloc[0], color=methods.colour(methods.BASELINE), lw=0.8, ls="--",
+                   label=f"{methods.label(methods.BASELINE)} (best)")
     labels = [f"{label}\n{a}" for label, a in zip(summary["label"], summary["arch"])]
     ax.set_xticks(range(len(methods_)), labels, fontsize=7, rotation=30, ha="right")
     ax.set_ylabel("test top-1 accuracy (%)")

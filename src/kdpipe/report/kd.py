@@ -1,7 +1,7 @@
 """Report section 1: distillation methods × teacher→student pairs, then one chart page per pair.
 
 What the methods are (labels, formulas, published numbers) comes from the registry through the
-tables; nothing here names a method except the baseline role, ``alone``.
+tables; nothing here names a method (the baseline is ``methods.BASELINE``, "the student alone").
 """
 
 from pathlib import Path

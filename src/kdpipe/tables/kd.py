@@ -109,7 +109,7 @@ def kd_summary(runs: pd.DataFrame) -> pd.DataFrame:
     out = []
     for dataset, source, teacher, student in pairs:
         groups = pair_members(runs, dataset, teacher, student)
-        alone = groups.get("alone", pd.DataFrame())
+        alone = groups.get(methods.BASELINE, pd.DataFrame())
         for entry, g in groups.items():
             if g.empty:
                 continue
@@ -129,7 +129,7 @@ def kd_summary(runs: pd.DataFrame) -> pd.DataFrame:
                    "reference_source": ref_source if ref is not None else ""}
             for fig in FIGURES:
                 row[f"{fig}_mean"], row[f"{fig}_std"] = seed_stats(g[fig])
-            if method not in ("teacher", "alone") and not alone.empty:
+            if method not in ("teacher", methods.BASELINE) and not alone.empty:
                 for fig in ("best_top1", "last_top1"):
                     row.update(paired_difference(g, alone, fig))
             out.append(row)
