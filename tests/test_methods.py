@@ -163,13 +163,15 @@ def test_a_method_with_a_teacher_is_needed():
 
 def test_settings_resolve_registry_then_config_then_pair():
     config = valid(merged_config({"classify": {"pairs": [
-        {"teacher": "resnet14", "student": "resnet8", "method_params": {"dkd": {"beta": 2}}},
+        {"teacher": "resnet14", "student": "resnet8", "method_params": {"dkd": {"beta": 5}}},
         {"teacher": "resnet20", "student": "resnet8"}]}}))
     runs = plan.classify_runs(config)
     first, second = runs["dkd-resnet8-from-resnet14-s0"], runs["dkd-resnet8-from-resnet20-s0"]
-    # demo: temperature 2 and warm-up 2 (preset), alpha 1 (config.yaml), beta: the pair's 2 / config.yaml's 8
-    assert first["method_params"] == {"temperature": 2, "alpha": 1, "beta": 2, "warmup": 2}
-    assert second["method_params"] == {"temperature": 2, "alpha": 1, "beta": 8, "warmup": 2}
+    # temperature, beta and warm-up from the demo preset, alpha from config.yaml, the first pair's own beta
+    assert first["method_params"] == {"temperature": 2, "alpha": 1, "beta": 5, "warmup": 2}
+    assert second["method_params"] == {"temperature": 2, "alpha": 1, "beta": 2, "warmup": 2}
+    # what the registry alone gives (no config layer sets fitnet's stage)
+    assert runs["fitnet-resnet8-from-resnet14-s0"]["method_params"]["stage"] == methods.get("fitnet").params["stage"].default
     assert "method_params" not in runs["alone-resnet8-s0"]
     # methods without a teacher run once per student architecture and seed, shared by the pairs
     assert {n for n in runs if n.startswith(("alone-", "dml-"))} == {
