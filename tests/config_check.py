@@ -1,7 +1,8 @@
 """Checking a config in-process, as the workflow does while loading: no Snakemake run per case.
 
 ``refusal`` merges overlays onto config.yaml the way `--configfile` does (snakemake's
-update_config), validates with the workflow's schema through snakemake.utils.validate, then runs
+update_config), validates with the workflow's schema (the YAML file plus the method registry's part, as
+the workflow does), then runs
 kdpipe.config_checks, and returns the message Snakemake would print (None when accepted).
 """
 
@@ -10,9 +11,10 @@ from pathlib import Path
 
 import yaml
 from snakemake.exceptions import WorkflowError
-from snakemake.utils import update_config, validate
+from snakemake.utils import update_config
 
 from kdpipe.config_checks import ConfigError, check_config
+from kdpipe.config_schema import validate_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
@@ -31,7 +33,7 @@ def refusal(*overlays: dict) -> str | None:
     """What the workflow says about config.yaml + ``overlays`` when it refuses them, else None."""
     config = merged(*overlays)
     try:
-        validate(config, str(SCHEMA))
+        validate_config(config, SCHEMA)
         check_config(config)
     except WorkflowError as err:
         return str(err)

@@ -17,14 +17,14 @@ from kdpipe.training.classify import stratified_subset
 from workflow_copy import copy_workflow, snakemake
 
 BAD_OVERLAYS = {
-    "unknown key": ({"classify": {"kd": {"temprature": 2}}}, "temprature"),
+    "unknown key": ({"classify": {"method_params": {"kd_soft": {"temprature": 2}}}}, "temprature"),
     "unknown top-level key": ({"clasify": {}}, "clasify"),
     "wrong type": ({"classify": {"seeds": "0, 1"}}, "seeds"),
     "epochs below 1": ({"classify": {"teacher_train": {"epochs": 0}}}, "epochs"),
-    "alpha above 1": ({"classify": {"kd": {"alpha": 1.5}}}, "alpha"),
-    "alpha below 0": ({"classify": {"kd": {"hard_alpha": -0.1}}}, "hard_alpha"),
-    "temperature zero": ({"classify": {"kd": {"temperature": 0}}}, "temperature"),
-    "negative pair temperature": ({"classify": {"pairs": [{"teacher": "resnet56", "student": "resnet20", "temperature": -1}]}}, "temperature"),
+    "alpha above 1": ({"classify": {"method_params": {"kd_soft": {"alpha": 1.5}}}}, "alpha"),
+    "alpha below 0": ({"classify": {"method_params": {"kd_hard": {"alpha": -0.1}}}}, "kd_hard"),
+    "temperature zero": ({"classify": {"method_params": {"kd_soft": {"temperature": 0}}}}, "temperature"),
+    "negative pair temperature": ({"classify": {"pairs": [{"teacher": "resnet56", "student": "resnet20", "method_params": {"kd_soft": {"temperature": -1}}}]}}, "temperature"),
     "unknown architecture": ({"classify": {"pairs": [{"teacher": "resnet9000", "student": "resnet20"}]}}, "resnet9000"),
     "bad device": ({"device": "tpu"}, "device"),
     "bad md5": ({"datasets": {"cifar100": {"md5": "not-a-hash"}}}, "md5"),
@@ -54,7 +54,7 @@ CHECKED = {
         [{"classify": {"pairs": [PAIR, OTHER, PAIR]}}],
         ["classify.pairs", "items 0 and 2", "resnet56", "resnet20"]),
     "duplicate pair with another temperature": (
-        [{"classify": {"pairs": [PAIR, {**PAIR, "temperature": 2}]}}],
+        [{"classify": {"pairs": [PAIR, {**PAIR, "method_params": {"kd_soft": {"temperature": 2}}}]}}],
         ["classify.pairs", "items 0 and 1", "resnet56", "resnet20"]),
     "undefined data set": (
         [{"classify": {"dataset": "imagenet"}}],
@@ -148,8 +148,8 @@ def workdir(tmp_path_factory):
 
 
 REAL_RUNS = {
-    "schema": ({"classify": {"kd": {"temprature": 2}}}, "Error validating config file", "temprature"),
-    "config check": ({"classify": {"pairs": [PAIR, {**PAIR, "temperature": 2}]}}, "Error in the config", "classify.pairs"),
+    "schema": ({"classify": {"method_params": {"kd_soft": {"temprature": 2}}}}, "Error validating config file", "temprature"),
+    "config check": ({"classify": {"pairs": [PAIR, {**PAIR, "method_params": {"kd_soft": {"temperature": 2}}}]}}, "Error in the config", "classify.pairs"),
 }
 
 

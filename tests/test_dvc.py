@@ -89,7 +89,7 @@ def test_recorded_workspace_matches_dvc_lock(origin):
     lock = yaml.safe_load((origin / "dvc.lock").read_text())["stages"]
     assert set(lock) == set(yaml.safe_load((origin / "dvc.yaml").read_text())["stages"])
     # Each stage records its parameters by key, from the file that sets them.
-    assert lock["classify"]["params"]["presets/demo.yaml"]["classify"]["kd"]["temperature"] == 2
+    assert lock["classify"]["params"]["presets/demo.yaml"]["classify"]["method_params"]["kd_soft"]["temperature"] == 2
     assert "config.yaml" in lock["classify"]["params"]
 
 
@@ -121,7 +121,7 @@ def test_snakemake_refuses_pulled_files_until_synced(origin, tmp_path):
     work = clone(origin, tmp_path / "clone")
     run(work, "dvc", "pull")
     hotter = work / "hotter.yaml"
-    hotter.write_text(yaml.safe_dump({"classify": {"kd": {"temperature": 3.0}}}))
+    hotter.write_text(yaml.safe_dump({"classify": {"method_params": {"kd_soft": {"temperature": 3.0}}}}))
     proc = snakemake(work, "-n", "results/report.pdf", *TINY, str(hotter), check=False)
     assert proc.returncode != 0 and "run `kdpipe dvc-sync` first" in proc.stdout
     run(work, "kdpipe", "dvc-sync")
@@ -169,7 +169,7 @@ def test_parameter_change_reruns_only_what_depends_on_it(pulled):
     classify = work / "results/synthetic10/classify"
     before = {d.name: md5(d / "metrics.json") for d in classify.iterdir()}
     others = {p: md5(p) for p in (work / "results").glob("*/*/*/metrics.json") if "classify" not in p.parts}
-    proc = run(work, "dvc", "exp", "run", "-n", "hotter", "-S", "presets/demo.yaml:classify.kd.temperature=3")
+    proc = run(work, "dvc", "exp", "run", "-n", "hotter", "-S", "presets/demo.yaml:classify.method_params.kd_soft.temperature=3")
     ran = {line.split("'")[1] for line in proc.stdout.splitlines() if line.startswith("Running stage")}
     assert ran == {"classify", "tables", "figures", "report"}, proc.stdout[-4000:]
     changed = {name for name, digest in before.items() if md5(classify / name / "metrics.json") != digest}
@@ -177,12 +177,12 @@ def test_parameter_change_reruns_only_what_depends_on_it(pulled):
     assert len(re.findall(r"^(?:local)?rule train:", proc.stdout, flags=re.M)) == len(changed), proc.stdout[-4000:]
     assert {p: md5(p) for p in others} == others
     table = pd.read_csv(io.StringIO(run(work, "dvc", "exp", "show", "--no-pager", "--csv").stdout))
-    column = "presets/demo.yaml:classify.kd.temperature"
+    column = "presets/demo.yaml:classify.method_params.kd_soft.temperature"
     assert table.loc[table["Experiment"] == "hotter", column].tolist() == [3]
     assert table.loc[table["rev"].isin(["main", "master"]), column].tolist() == [2]
     metric = "resnet14-to-resnet8.kd_soft.best_top1.mean"
     hot = json.loads((classify / "kd_soft-resnet8-from-resnet14-s0/metrics.json").read_text())
-    assert hot["config"]["kd"]["temperature"] == 3
+    assert hot["config"]["method_params"]["temperature"] == 3
     assert table.loc[table["Experiment"] == "hotter", metric].iloc[0] == pytest.approx(
         json.loads((work / "results/tables/kd_metrics.json").read_text())["resnet14-to-resnet8"]["kd_soft"]["best_top1"]["mean"])
 

@@ -39,6 +39,7 @@ def tensors(student=STUDENT, teacher=TEACHER, targets=TARGETS):
 
 
 def close(a, b, tol=1e-9):
+    a, b = (x.detach() if isinstance(x, torch.Tensor) else x for x in (a, b))
     return abs(float(a) - float(b)) <= tol
 
 
@@ -165,3 +166,171 @@ def test_kd_hard_no_gradient_into_teacher_logits():
     total.backward()
     assert s.grad is not None
     assert t.grad is None
+
+
+# ---- DKD, FitNets, attention transfer, mutual learning -------------------------------------------
+
+
+def hand_softmax(row, t=1.0):
+    return [math.exp(v) for v in hand_log_softmax(row, t)]
+
+
+def hand_kl_dist(p, q):
+    """KL(p || q) = sum_j p_j (log p_j - log q_j) for two probability lists."""
+    return sum(a * (math.log(a) - math.log(b)) for a, b in zip(p, q) if a > 0)
+
+
+def hand_dkd_terms(student_rows, teacher_rows, labels, t):
+    """TCKD and NCKD exactly as the DKD paper defines them, averaged over rows, times T^2."""
+    tckd = nckd = 0.0
+    for s, te, k in zip(student_rows, teacher_rows, labels):
+        ps, pt = hand_softmax(s, t), hand_softmax(te, t)
+        tckd += hand_kl_dist([pt[k], 1 - pt[k]], [ps[k], 1 - ps[k]])
+        rest_s = [v for j, v in enumerate(s) if j != k]
+        rest_t = [v for j, v in enumerate(te) if j != k]
+        nckd += hand_kl_dist(hand_softmax(rest_t, t), hand_softmax(rest_s, t))
+    n = len(student_rows)
+    return t * t * tckd / n, t * t * nckd / n
+
+
+def test_dkd_hand_helper_anchor():
+    # Row 1 at T = 2, target 1: student p = softmax([0.5, 1, 0.25]) = [0.3072, 0.5065, 0.2392] (rounded),
+    # teacher p = softmax([1, 0, 0.5]) = [0.5065, 0.1863, 0.3072]; the DKD decomposition KD = TCKD +
+    # (1 - p_teacher,target) NCKD holds per row: an identity independent of how either term is coded.
+    tckd, nckd = hand_dkd_terms(STUDENT[:1], TEACHER[:1], TARGETS[:1], 2.0)
+    p_t_target = hand_softmax(TEACHER[0], 2.0)[1]
+    assert p_t_target == pytest.approx(0.1863237, abs=1e-6)
+    assert hand_kl(STUDENT[:1], TEACHER[:1], 2.0) == pytest.approx(tckd + (1 - p_t_target) * nckd, abs=1e-12)
+
+
+def test_dkd_value_and_terms():
+    s, t, y = tensors()
+    total, terms = losses.dkd(s, t, y, temperature=2.0, alpha=1.0, beta=8.0)
+    assert set(terms) >= {"ce", "tckd", "nckd"}
+    tckd, nckd = hand_dkd_terms(STUDENT, TEACHER, TARGETS, 2.0)
+    ce = hand_ce(STUDENT, TARGETS)
+    assert close(terms["ce"], ce)
+    assert close(terms["tckd"], tckd)
+    assert close(terms["nckd"], nckd)
+    assert close(total, ce + 1.0 * tckd + 8.0 * nckd)
+
+
+def test_dkd_warmup_weight_scales_only_the_distillation_terms():
+    s, t, y = tensors()
+    total, terms = losses.dkd(s, t, y, temperature=4.0, alpha=0.5, beta=2.0, warmup_weight=0.25)
+    tckd, nckd = hand_dkd_terms(STUDENT, TEACHER, TARGETS, 4.0)
+    assert close(terms["tckd"], tckd) and close(terms["nckd"], nckd)  # terms are unweighted
+    assert close(total, hand_ce(STUDENT, TARGETS) + 0.25 * (0.5 * tckd + 2.0 * nckd))
+    zero, _ = losses.dkd(s, t, y, temperature=4.0, alpha=0.5, beta=2.0, warmup_weight=0.0)
+    assert close(zero, hand_ce(STUDENT, TARGETS))
+
+
+def test_dkd_single_row_decomposes_classical_kd():
+    s, t, y = tensors(STUDENT[:1], TEACHER[:1], TARGETS[:1])
+    _, terms = losses.dkd(s, t, y, temperature=2.0, alpha=1.0, beta=1.0)
+    p_t_target = hand_softmax(TEACHER[0], 2.0)[1]
+    assert close(losses.soft_target_kl(s, t, 2.0), terms["tckd"] + (1 - p_t_target) * terms["nckd"])
+
+
+def test_dkd_no_gradient_into_teacher_logits():
+    s = torch.tensor(STUDENT, requires_grad=True)
+    t = torch.tensor(TEACHER, requires_grad=True)
+    total, _ = losses.dkd(s, t, torch.tensor(TARGETS), temperature=4.0, alpha=1.0, beta=8.0)
+    total.backward()
+    assert s.grad is not None and s.grad.abs().sum() > 0
+    assert t.grad is None
+
+
+def test_dkd_warmup_weight_from_the_epoch():
+    """The registry's step: w = min(epoch / warmup, 1) with epochs counted from 1 (mdistiller's)."""
+    from kdpipe import methods
+
+    s, t, y = tensors()
+    params = {"temperature": 4.0, "alpha": 1.0, "beta": 8.0, "warmup": 4}
+    for epoch, w in ((0, 0.25), (1, 0.5), (3, 1.0), (10, 1.0)):
+        got, _ = methods.get("dkd").step(methods.Forward(s, y, teacher_logits=t, epoch=epoch), params)
+        want, _ = losses.dkd(s, t, y, 4.0, 1.0, 8.0, warmup_weight=w)
+        assert close(got, want), epoch
+
+
+def test_fitnet_value_and_teacher_constant():
+    f_s = torch.tensor([[[[1.0, 2.0], [0.0, -1.0]]]], requires_grad=True)  # 1 x 1 x 2 x 2
+    f_t = torch.tensor([[[[0.5, 2.0], [1.0, -1.0]]]], requires_grad=True)
+    s = torch.tensor(STUDENT[:1], dtype=torch.float32)
+    y = torch.tensor(TARGETS[:1])
+    total, terms = losses.fitnet(s, y, f_s, f_t, beta=100.0)
+    hint = (0.5 ** 2 + 0 + 1.0 ** 2 + 0) / 4  # mean of squared differences = 0.3125
+    assert set(terms) == {"ce", "hint"}
+    assert terms["hint"].item() == pytest.approx(0.3125)
+    assert total.item() == pytest.approx(hand_ce(STUDENT[:1], TARGETS[:1]) + 100 * hint, rel=1e-6)
+    total.backward()
+    assert f_s.grad is not None and f_t.grad is None
+
+
+def hand_attention(channels):
+    """channels: list of C maps (lists of H*W values) -> mean over channels of f^2, L2-normalised."""
+    n = len(channels[0])
+    a = [sum(c[i] ** 2 for c in channels) / len(channels) for i in range(n)]
+    norm = math.sqrt(sum(v * v for v in a))
+    return [v / norm for v in a]
+
+
+def test_attention_map_and_loss_by_hand():
+    # One sample, two channels of 2 x 2, two stages.
+    s1 = [[1.0, 0.0, 2.0, 1.0], [1.0, 2.0, 0.0, 1.0]]
+    t1 = [[0.0, 1.0, 1.0, 3.0], [2.0, 0.0, 1.0, 1.0]]
+    s2 = [[1.0, 1.0, 1.0, 0.0], [0.0, 0.0, 2.0, 1.0]]
+    t2 = [[2.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 1.0]]
+
+    def tensor(ch):
+        return torch.tensor([[c[:2], c[2:]] for c in ch], dtype=torch.float64)[None]
+
+    a = losses.attention_map(tensor(s1))
+    assert a.flatten().tolist() == pytest.approx(hand_attention(s1))  # [1, 2, 2, 1] / sqrt(10)
+    assert hand_attention(s1) == pytest.approx([1 / math.sqrt(10), 2 / math.sqrt(10), 2 / math.sqrt(10), 1 / math.sqrt(10)])
+    stage_terms = [sum((p - q) ** 2 for p, q in zip(hand_attention(s), hand_attention(t))) / 4
+                   for s, t in ((s1, t1), (s2, t2))]
+    logits = torch.tensor(STUDENT[:1], dtype=torch.float64)
+    y = torch.tensor(TARGETS[:1])
+    t_feats = [tensor(t1).requires_grad_(), tensor(t2).requires_grad_()]
+    s_feats = [tensor(s1).requires_grad_(), tensor(s2).requires_grad_()]
+    total, terms = losses.attention(logits, y, s_feats, t_feats, beta=1000.0)
+    assert set(terms) == {"ce", "at1", "at2"}
+    assert close(terms["at1"], stage_terms[0]) and close(terms["at2"], stage_terms[1])
+    assert close(total, hand_ce(STUDENT[:1], TARGETS[:1]) + 1000 * sum(stage_terms))
+    total.backward()
+    assert all(f.grad is None for f in t_feats) and all(f.grad is not None for f in s_feats)
+
+
+def test_attention_is_batch_and_position_mean_like_repdistiller():
+    g = torch.Generator().manual_seed(0)
+    f_s, f_t = torch.randn(3, 4, 5, 5, generator=g), torch.randn(3, 6, 5, 5, generator=g)
+    _, terms = losses.attention(torch.zeros(3, 3), torch.tensor([0, 1, 2]), [f_s], [f_t], beta=1.0)
+    # RepDistiller: (F.normalize(f.pow(2).mean(1).view(N, -1)) difference).pow(2).mean()
+    ref = (torch.nn.functional.normalize(f_s.pow(2).mean(1).view(3, -1))
+           - torch.nn.functional.normalize(f_t.pow(2).mean(1).view(3, -1))).pow(2).mean()
+    assert close(terms["at1"], ref, tol=1e-7)
+
+
+def test_dml_values_by_hand():
+    z1, z2, y = tensors()
+    total, terms = losses.dml([z1, z2], y)
+    kl12 = sum(hand_kl_dist(hand_softmax(b), hand_softmax(a)) for a, b in zip(STUDENT, TEACHER)) / 2  # KL(p2 || p1)
+    kl21 = sum(hand_kl_dist(hand_softmax(a), hand_softmax(b)) for a, b in zip(STUDENT, TEACHER)) / 2  # KL(p1 || p2)
+    assert set(terms) == {"ce", "kl", "ce_s2", "kl_s2"}
+    assert close(terms["ce"], hand_ce(STUDENT, TARGETS)) and close(terms["ce_s2"], hand_ce(TEACHER, TARGETS))
+    assert close(terms["kl"], kl12) and close(terms["kl_s2"], kl21)
+    assert close(total, hand_ce(STUDENT, TARGETS) + kl12 + hand_ce(TEACHER, TARGETS) + kl21)
+
+
+def test_dml_peer_prediction_is_a_constant():
+    """d total / d z1 = (p1 - onehot) / N from CE + (p1 - p2) / N from KL(p2 || p1) with p2 constant;
+    had p2 not been detached, KL(p1 || p2) in student 2's loss would add a gradient into z1 too."""
+    z1 = torch.tensor(STUDENT, dtype=torch.float64, requires_grad=True)
+    z2 = torch.tensor(TEACHER, dtype=torch.float64, requires_grad=True)
+    total, _ = losses.dml([z1, z2], torch.tensor(TARGETS))
+    total.backward()
+    for i, (a, b, k) in enumerate(zip(STUDENT, TEACHER, TARGETS)):
+        p1, p2 = hand_softmax(a), hand_softmax(b)
+        want = [(2 * p1[j] - p2[j] - (1.0 if j == k else 0.0)) / 2 for j in range(3)]
+        assert z1.grad[i].tolist() == pytest.approx(want, abs=1e-12)

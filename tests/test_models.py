@@ -100,3 +100,20 @@ def test_unknown_arch_lists_known_ones():
 def test_schema_arch_enum_matches_registry():
     schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
     assert sorted(schema["$defs"]["arch"]["enum"]) == sorted(ARCHITECTURES)
+
+
+@pytest.mark.parametrize("arch, widths", [("resnet8", (16, 32, 64)), ("resnet8x4", (64, 128, 256))])
+def test_stage_outputs_leave_logits_and_parameters_alone(arch, widths):
+    """FitNets and attention transfer read the three stage outputs (after each stage's last ReLU):
+    asking for them changes neither the logits nor the parameters."""
+    torch.manual_seed(0)
+    model = build_model(arch, num_classes=5).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        plain = model(x)
+        logits, features = model(x, features=True)
+    assert torch.equal(plain, logits)
+    assert [tuple(f.shape) for f in features] == [(2, widths[0], 32, 32), (2, widths[1], 16, 16), (2, widths[2], 8, 8)]
+    assert all((f >= 0).all() for f in features)  # post-ReLU, as RepDistiller's preact=False
+    depth, spec_widths = SPECS[arch]
+    assert count_parameters(model) == hand_param_count(depth, spec_widths, 5)

@@ -8,6 +8,7 @@ import pytest
 import yaml
 from pypdf import PdfReader
 
+from kdpipe import methods
 from workflow_copy import copy_built, planned_jobs, snakemake
 
 pytestmark = pytest.mark.pipeline
@@ -25,15 +26,24 @@ def _fmt(mean, std):
 
 
 def test_report_holds_the_kd_table(demo):
+    """One methods × pairs table per epoch (best, last): every registered method, mutual learning's
+    two students, the paired difference from the student alone."""
     text = "\n".join(page.extract_text() for page in PdfReader(demo / "results" / "report.pdf").pages)
     summary = pd.read_csv(demo / "results" / "tables" / "kd_summary.csv")
-    assert list(summary["method"]) == ["teacher", "alone", "kd_soft", "kd_hard"]
+    entries = ["teacher"] + [f"{name}{methods.score_suffix(k)}" for name, m in methods.METHODS.items()
+                             for k in range(1, m.students + 1)]
+    assert list(summary["entry"]) == entries
+    lines = text.splitlines()
     for _, row in summary.iterrows():
-        line = next(l for l in text.splitlines() if l.startswith(row["label"] + " "))
-        assert _fmt(row["best_top1_mean"], row["best_top1_std"]) in line
-        assert _fmt(row["last_top1_mean"], row["last_top1_std"]) in line
+        rows = [l for l in lines if l.startswith(row["label"] + " ")]
+        assert _fmt(row["best_top1_mean"], row["best_top1_std"]) in rows[0], row["entry"]
+        assert _fmt(row["last_top1_mean"], row["last_top1_std"]) in rows[1], row["entry"]
+        if row["entry"] not in ("teacher", "alone"):
+            diff = f"{row['best_top1_diff_mean']:+.2f} ± {row['best_top1_diff_std']:.2f}"
+            assert diff in rows[0], row["entry"]
+    flat = " ".join(text.split())
     assert "preset: demo" in text
-    assert "Result: KD with soft targets" in text
+    assert "Result (best epoch, paired over seeds)" in flat and "With 2 seeds that is weak evidence" in flat
     assert "A. Appendix: jobs" in text
 
 
@@ -62,7 +72,10 @@ def test_report_holds_the_self_distillation_section(demo):
 def test_every_run_records_what_made_it(demo):
     runs = pd.read_csv(demo / "results" / "tables" / "kd_runs.csv")
     config = yaml.safe_load((demo / "presets" / "demo.yaml").read_text())
-    assert len(runs) == len(config["classify"]["seeds"]) * 4
+    # one row per trained student (mutual learning trains two per run), and the teacher
+    seeds = len(config["classify"]["seeds"])
+    assert len(runs) == seeds * (1 + sum(m.students for m in methods.METHODS.values()))
+    assert runs["run"].nunique() == seeds * (1 + len(methods.METHODS))
     sd_runs = pd.read_csv(demo / "results" / "tables" / "self_distill_runs.csv")
     assert len(sd_runs) == len(config["self_distill"]["seeds"]) * 2
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=demo, capture_output=True, text=True).stdout.strip()
@@ -80,7 +93,7 @@ def test_every_run_records_what_made_it(demo):
     jobs = pd.read_csv(demo / "results" / "tables" / "jobs.csv")
     ae_runs = pd.read_csv(demo / "results" / "tables" / "autoencoder_runs.csv")
     assert len(ae_runs) == len(config["autoencoder"]["seeds"]) * 4
-    assert (jobs["wall_s"] > 0).all() and len(jobs) == 2 + len(runs) + len(sd_runs) + len(ae_runs)
+    assert (jobs["wall_s"] > 0).all() and len(jobs) == 2 + runs["run"].nunique() + len(sd_runs) + len(ae_runs)
 
 
 def test_report_holds_the_autoencoder_section(demo):
@@ -116,7 +129,7 @@ def test_html_report_builds(demo):
 
 def test_one_temperature_change_reruns_only_that_student(demo):
     config = yaml.safe_load((demo / "presets" / "demo.yaml").read_text())
-    pair = dict(config["classify"]["pairs"][0], temperature=3.0)
+    pair = dict(config["classify"]["pairs"][0], method_params={"kd_soft": {"temperature": 3.0}})
     overlay = demo / "hotter.yaml"
     overlay.write_text(yaml.safe_dump({"classify": {"pairs": [pair]}}))
     args = ["results/report.pdf", *DEMO, str(overlay)]
@@ -129,5 +142,5 @@ def test_one_temperature_change_reruns_only_that_student(demo):
     changed = {d.name for d in classify.iterdir() if (d / "metrics.json").stat().st_mtime_ns != before[d.name]}
     assert changed == {f"kd_soft-{pair['student']}-from-{pair['teacher']}-s{s}" for s in config["classify"]["seeds"]}
     for name in changed:
-        assert json.loads((classify / name / "metrics.json").read_text())["config"]["kd"]["temperature"] == 3.0
+        assert json.loads((classify / name / "metrics.json").read_text())["config"]["method_params"]["temperature"] == 3.0
     assert "Nothing to be done" in snakemake(demo, "-n", *args).stdout

@@ -43,7 +43,7 @@ def test_downloads_prepare_and_train_through_the_dag(http_server, tmp_path):
         "download_cifar": 1, "prepare_cifar": 1, "download_pix2pix": 1, "prepare_pix2pix": 1, "train": 3}
     snakemake(workdir, *args, "--cores", "2", timeout=900)
     kd = json.loads((workdir / targets[0]).read_text())
-    assert kd["train_images"] == 120 and kd["test_images"] == 30 and len(kd["config"]["kd"]) == 2
+    assert kd["train_images"] == 120 and kd["test_images"] == 30 and len(kd["config"]["method_params"]) == 2
     ae = json.loads((workdir / targets[1]).read_text())
     assert ae["train_images"] == 8 and ae["test_images"] == 4 and 0 <= ae["last"]["pixel_acc"] <= 1
     raw = workdir / "data" / "raw"

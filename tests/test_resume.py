@@ -179,7 +179,7 @@ def short_runs(runs, data, teacher_path) -> dict:
     assert saved_epoch(foreign_out / "resume.pt") >= 2
 
     kd_cfg = {**RUN_CONFIG, "run": "kd_soft-resnet8-from-resnet8-s0", "method": "kd_soft", "teacher": "resnet8",
-              "teacher_run": "teacher-resnet8-s0", "kd": {"temperature": 4, "alpha": 0.9},
+              "teacher_run": "teacher-resnet8-s0", "method_params": {"temperature": 4, "alpha": 0.9},
               "train": {**RUN_CONFIG["train"], "epochs": 2}}
     kd_out = runs["base"] / "kd"
 

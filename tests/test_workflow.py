@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from kdpipe import methods
 from workflow_copy import ROOT, copy_workflow, planned_jobs, snakemake
 
 
@@ -35,7 +36,9 @@ def test_paper_dag_lists_offline(tmp_path):
     seeds = len(config["classify"]["seeds"])
     pairs = config["classify"]["pairs"]
     teachers, students = {p["teacher"] for p in pairs}, {p["student"] for p in pairs}
-    classify_models = seeds * (len(teachers) + len(students) + 2 * len(pairs))
+    listed = [methods.get(m) for m in config["classify"]["methods"]]
+    untaught = sum(not m.needs_teacher for m in listed)  # alone, mutual learning: once per student arch
+    classify_models = seeds * (len(teachers) + untaught * len(students) + (len(listed) - untaught) * len(pairs))
     self_distill_models = 2 * len(config["self_distill"]["seeds"])
     ae_models = len(config["autoencoder"]["variants"]) * len(config["autoencoder"]["seeds"])
     assert planned_jobs(proc.stdout) == {

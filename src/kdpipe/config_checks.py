@@ -9,7 +9,7 @@ stops the run before any job starts. Kept free of heavy imports: Snakemake impor
 
 import re
 
-from kdpipe import plan
+from kdpipe import methods, plan
 from kdpipe.data.sources import CIFAR, SYNTHETIC_NUM_CLASSES
 
 # The schema's $defs/safe_name (a test keeps the two equal): applied here to the names the plan
@@ -99,6 +99,43 @@ def train_subset_fits(config: dict) -> None:
             )
 
 
+def pair_settings_name_listed_methods(config: dict) -> None:
+    """A pair's method_params for a method that classify.methods does not run is a typo or a leftover."""
+    c = config["classify"]
+    for i, pair in enumerate(c["pairs"]):
+        for method in pair.get("method_params", {}):
+            if method not in c["methods"]:
+                raise ConfigError(f"classify.pairs[{i}].method_params.{method}: {method} is not in classify.methods "
+                                  f"({', '.join(c['methods'])}); add it there or remove these settings")
+
+
+def untaught_runs_agree(config: dict) -> None:
+    """A method without a teacher runs once per student architecture and seed, whichever pairs list
+    that student: pairs that give it different settings would ask one run for two configs."""
+    c = config["classify"]
+    for method in c["methods"]:
+        if methods.get(method).needs_teacher:
+            continue
+        seen: dict[str, tuple[int, dict]] = {}
+        for i, pair in enumerate(c["pairs"]):
+            params = methods.resolve_params(method, c.get("method_params"), pair.get("method_params"))
+            first = seen.setdefault(pair["student"], (i, params))
+            if first[1] != params:
+                raise ConfigError(
+                    f"classify.pairs[{i}].method_params.{method}: {method} trains {pair['student']} once for every "
+                    f"pair, but pairs[{first[0]}] sets {first[1]} and pairs[{i}] {params}; give both the same "
+                    f"settings (under classify.method_params.{method})")
+
+
+def some_method_learns_from_the_teacher(config: dict) -> None:
+    """Pairs are teacher→student comparisons: with no method that learns from a teacher there is no
+    teacher to train and no pair for the tables to show."""
+    if not any(methods.get(m).needs_teacher for m in config["classify"]["methods"]):
+        taught = [name for name, m in methods.METHODS.items() if m.needs_teacher]
+        raise ConfigError(f"classify.methods: none of {config['classify']['methods']} learns from a teacher; "
+                          f"add at least one of {', '.join(taught)}")
+
+
 def run_names_are_safe(config: dict) -> None:
     """Every run and data set name the plan builds is one safe path component (defence in depth)."""
     for (family, run), cfg in plan.training_runs(config).items():
@@ -115,6 +152,9 @@ CHECKS = [
     autoencoder_data_has_its_own_name,
     pairs_are_unique,
     train_subset_fits,
+    pair_settings_name_listed_methods,
+    untaught_runs_agree,
+    some_method_learns_from_the_teacher,
     run_names_are_safe,
 ]
 

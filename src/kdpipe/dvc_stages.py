@@ -93,14 +93,16 @@ def has_key(tree: dict, dotted: str) -> bool:
 
 def load_config(root: Path, configfiles: list[str]) -> tuple[dict, dict[str, dict]]:
     """The merged, validated config as Snakemake builds it, and each config file's own content."""
-    from snakemake.utils import update_config, validate
+    from snakemake.utils import update_config
+
+    from kdpipe.config_schema import validate_config
 
     files = ["config.yaml", *configfiles]
     raw = {f: yaml.safe_load((root / f).read_text()) or {} for f in files}
     config: dict = {}
     for f in files:
         update_config(config, raw[f])
-    validate(config, str(root / "workflow" / "schemas" / "config.schema.yaml"))
+    validate_config(config, root / "workflow" / "schemas" / "config.schema.yaml")
     config_checks.check_config(config)  # as the workflow does right after validating
     return config, raw
 

@@ -125,3 +125,126 @@ def ae_pair(
         terms[f"match_{name}"] = _distance(enc, dec, norm)
         total = total + alpha * terms[f"match_{name}"]
     return total, terms
+
+
+def _non_target(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Each row's logits without its target class: (N, C) -> (N, C - 1), order kept."""
+    keep = torch.ones_like(logits, dtype=torch.bool).scatter_(1, targets[:, None], False)
+    return logits[keep].view(logits.shape[0], logits.shape[1] - 1)
+
+
+def _binary_log_probs(logits: torch.Tensor, targets: torch.Tensor, t: float) -> torch.Tensor:
+    """log [p_target, 1 - p_target] at temperature t, per row (computed without subtracting probabilities)."""
+    z = logits / t
+    lse_all = torch.logsumexp(z, dim=1)
+    log_target = z.gather(1, targets[:, None]).squeeze(1) - lse_all
+    log_rest = torch.logsumexp(_non_target(z, targets), dim=1) - lse_all
+    return torch.stack([log_target, log_rest], dim=1)
+
+
+def dkd(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    targets: torch.Tensor,
+    temperature: float,
+    alpha: float,
+    beta: float,
+    warmup_weight: float = 1.0,
+) -> tuple[torch.Tensor, Terms]:
+    """Decoupled KD (Zhao et al. 2022): CE(student, y) + w * (alpha * TCKD + beta * NCKD).
+
+    With p = softmax(z / T): TCKD = T^2 * KL(b_teacher || b_student), b = [p_target, 1 - p_target];
+    NCKD = T^2 * KL(p^_teacher || p^_student), p^ the softmax over the non-target classes only; both
+    averaged over the batch. ``warmup_weight`` is w = min(epoch / warmup, 1), which the caller knows.
+    Here ``alpha`` weights TCKD and ``beta`` NCKD, as in the paper and mdistiller (not 1 - CE's weight).
+    The teacher's logits are constants. Terms (unweighted): ce, tckd, nckd.
+    """
+    t = float(temperature)
+    teacher_logits = teacher_logits.detach()
+    ce = F.cross_entropy(student_logits, targets)
+    b_s, b_t = _binary_log_probs(student_logits, targets, t), _binary_log_probs(teacher_logits, targets, t)
+    tckd = F.kl_div(b_s, b_t, reduction="batchmean", log_target=True) * (t * t)
+    n_s = F.log_softmax(_non_target(student_logits, targets) / t, dim=1)
+    n_t = F.log_softmax(_non_target(teacher_logits, targets) / t, dim=1)
+    nckd = F.kl_div(n_s, n_t, reduction="batchmean", log_target=True) * (t * t)
+    total = ce + float(warmup_weight) * (alpha * tckd + beta * nckd)
+    return total, {"ce": ce, "tckd": tckd, "nckd": nckd}
+
+
+def fitnet(
+    student_logits: torch.Tensor,
+    targets: torch.Tensor,
+    regressed_feature: torch.Tensor,
+    teacher_feature: torch.Tensor,
+    beta: float,
+) -> tuple[torch.Tensor, Terms]:
+    """FitNets (Romero et al. 2015), trained in one stage as RepDistiller does:
+    CE(student, y) + beta * mean((regressor(f_s) - f_t)^2).
+
+    ``regressed_feature`` is the student's feature map after the run's regressor (a learned 1x1
+    conv + BN + ReLU that maps it to the teacher's shape); the teacher's map is a constant.
+    Terms: ce, hint (the unweighted mean squared difference).
+    """
+    ce = F.cross_entropy(student_logits, targets)
+    hint = F.mse_loss(regressed_feature, teacher_feature.detach())
+    return ce + beta * hint, {"ce": ce, "hint": hint}
+
+
+def attention_map(feature: torch.Tensor, p: float = 2.0) -> torch.Tensor:
+    """Zagoruyko & Komodakis' spatial attention: mean over channels of f^p, flattened per sample and
+    L2-normalised (RepDistiller's ``Attention.at``)."""
+    return F.normalize(feature.pow(p).mean(dim=1).flatten(1), dim=1)
+
+
+def attention(
+    student_logits: torch.Tensor,
+    targets: torch.Tensor,
+    student_features: list[torch.Tensor],
+    teacher_features: list[torch.Tensor],
+    beta: float,
+    p: float = 2.0,
+) -> tuple[torch.Tensor, Terms]:
+    """Attention transfer: CE(student, y) + beta * sum_stages mean((a_s - a_t)^2), a = ``attention_map``.
+
+    The mean is over batch and positions, as RepDistiller's ``Attention.at_loss``; a stage whose maps
+    differ in size is average-pooled to the smaller one first. Teacher maps are constants.
+    Terms: ce, at1..atK (unweighted, one per stage).
+    """
+    if len(student_features) != len(teacher_features):
+        raise ValueError("attention transfer needs as many student as teacher feature maps")
+    ce = F.cross_entropy(student_logits, targets)
+    terms: Terms = {"ce": ce}
+    total = ce
+    for i, (f_s, f_t) in enumerate(zip(student_features, teacher_features), start=1):
+        f_t = f_t.detach()
+        size = min(f_s.shape[2], f_t.shape[2])
+        if f_s.shape[2] != size:
+            f_s = F.adaptive_avg_pool2d(f_s, (size, size))
+        if f_t.shape[2] != size:
+            f_t = F.adaptive_avg_pool2d(f_t, (size, size))
+        terms[f"at{i}"] = (attention_map(f_s, p) - attention_map(f_t, p)).pow(2).mean()
+        total = total + beta * terms[f"at{i}"]
+    return total, terms
+
+
+def dml(logits: list[torch.Tensor], targets: torch.Tensor) -> tuple[torch.Tensor, Terms]:
+    """Deep mutual learning (Zhang et al. 2018): student k's loss is CE(z_k, y) + KL(p_peers || p_k),
+    the peers' predictions constants (KL averaged over peers when there are more than two).
+
+    Returns the sum over students: each student's parameters get only their own loss's gradient,
+    so one optimiser step on the sum is each student's own step. Terms: ce and kl for student 1,
+    ce_s2 and kl_s2 for student 2, ... (suffix as in the evaluation's top1_s2).
+    """
+    if len(logits) < 2:
+        raise ValueError("mutual learning needs at least two students")
+    log_p = [F.log_softmax(z, dim=1) for z in logits]
+    terms: Terms = {}
+    total = 0
+    for k, z in enumerate(logits):
+        suffix = "" if k == 0 else f"_s{k + 1}"
+        peers = [lp.detach() for j, lp in enumerate(log_p) if j != k]
+        kl = sum(F.kl_div(log_p[k], peer, reduction="batchmean", log_target=True) for peer in peers) / len(peers)
+        terms[f"ce{suffix}"] = F.cross_entropy(z, targets)
+        terms[f"kl{suffix}"] = kl
+        total = total + terms[f"ce{suffix}"] + kl
+    return total, terms

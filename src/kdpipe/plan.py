@@ -6,15 +6,12 @@ depends on, so changing one student's temperature changes that student's config 
 else's (Snakemake reruns a job whose params changed).
 """
 
+from kdpipe import methods
 from kdpipe.data.sources import CIFAR as CIFAR_SOURCES
 from kdpipe.training.settings import run_train_block
 
-KD_METHODS = ("kd_soft", "kd_hard")
+# Labels of the multi-exit family's methods; the classifier's methods are in kdpipe.methods.
 METHOD_LABELS = {
-    "teacher": "teacher",
-    "alone": "student alone",
-    "kd_soft": "KD soft",
-    "kd_hard": "KD hard",
     "self_distill": "self-distillation",
     "baseline": "baseline (last exit only)",
 }
@@ -34,8 +31,9 @@ def teacher_run(arch: str, seed: int) -> str:
 
 
 def student_run(method: str, arch: str, teacher: str | None, seed: int) -> str:
-    if method == "alone":
-        return f"alone-{arch}-s{seed}"
+    """A method without a teacher (alone, mutual learning) runs once per architecture and seed."""
+    if not methods.get(method).needs_teacher:
+        return f"{method}-{arch}-s{seed}"
     return f"{method}-{arch}-from-{teacher}-s{seed}"
 
 
@@ -52,39 +50,46 @@ def dataset_config(config: dict, name: str) -> dict:
 
 
 def classify_pairs(config: dict) -> list[dict]:
-    """Each teacher→student pair with its own KD settings (a pair's keys override ``kd``)."""
+    """Each teacher→student pair with every listed method's settings resolved: the registry's
+    defaults, then ``classify.method_params``, then the pair's own ``method_params``."""
     c = config["classify"]
     pairs = []
     for p in c["pairs"]:
-        kd = {k: p.get(k, c["kd"][k]) for k in ("temperature", "alpha", "hard_alpha")}
-        pairs.append({"id": pair_id(p["teacher"], p["student"]), "teacher": p["teacher"], "student": p["student"], **kd})
+        params = {m: methods.resolve_params(m, c.get("method_params"), p.get("method_params")) for m in c["methods"]}
+        pairs.append({"id": pair_id(p["teacher"], p["student"]), "teacher": p["teacher"], "student": p["student"],
+                      "method_params": params})
     return pairs
 
 
 def classify_runs(config: dict) -> dict[str, dict]:
-    """Every classifier run as ``{name: run_config}``; runs shared by pairs appear once."""
+    """Every classifier run as ``{name: run_config}``; runs shared by pairs appear once.
+
+    A student run's config holds its method's resolved settings (``method_params``) and nothing of
+    the other methods', so changing one method's setting reruns only that method's students.
+    """
     c = config["classify"]
     source = dataset_config(config, c["dataset"])["source"]
     common = {"family": "classify", "dataset": c["dataset"], "dataset_source": source,
               "device": config["device"], "augment": c["augment"]}
+    taught = any(methods.get(m).needs_teacher for m in c["methods"])
     runs: dict[str, dict] = {}
     for seed in c["seeds"]:
         for pair in classify_pairs(config):
-            name = teacher_run(pair["teacher"], seed)
-            runs[name] = {**common, "run": name, "role": "teacher", "method": "teacher", "arch": pair["teacher"],
-                          "seed": seed, "train": c["teacher_train"], "train_subset": None}
+            if taught:
+                name = teacher_run(pair["teacher"], seed)
+                runs[name] = {**common, "run": name, "role": "teacher", "method": "teacher", "arch": pair["teacher"],
+                              "seed": seed, "train": c["teacher_train"], "train_subset": None}
             student = {**common, "role": "student", "arch": pair["student"], "seed": seed,
                        "train": c["student_train"], "train_subset": c["train_subset"]}
-            name = student_run("alone", pair["student"], None, seed)
-            runs[name] = {**student, "run": name, "method": "alone"}
-            kd_settings = {
-                "kd_soft": {"temperature": pair["temperature"], "alpha": pair["alpha"]},
-                "kd_hard": {"alpha": pair["hard_alpha"]},
-            }
-            for method in KD_METHODS:
+            for method in c["methods"]:
+                m = methods.get(method)
                 name = student_run(method, pair["student"], pair["teacher"], seed)
-                runs[name] = {**student, "run": name, "method": method, "teacher": pair["teacher"],
-                              "teacher_run": teacher_run(pair["teacher"], seed), "kd": kd_settings[method]}
+                run = {**student, "run": name, "method": method}
+                if m.params:
+                    run["method_params"] = pair["method_params"][method]
+                if m.needs_teacher:
+                    run.update(teacher=pair["teacher"], teacher_run=teacher_run(pair["teacher"], seed))
+                runs[name] = run
     return runs
 
 

@@ -1,15 +1,19 @@
 # Config validation and every input function. Nothing here computes results: the plan of
 # runs comes from kdpipe.plan, and every rule calls the kdpipe command.
 import json
+import os
 import re
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from kdpipe import config_checks, dvc_sync, plan
+from kdpipe.config_schema import schema_file
 
-# Stops the run, naming the offending key, before any job starts.
-validate(config, "../schemas/config.schema.yaml")
+# Stops the run, naming the offending key, before any job starts. The schema file plus what the
+# method registry generates (classify.methods, method_params): see kdpipe.config_schema.
+with schema_file(os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml")) as merged_schema:
+    validate(config, merged_schema)
 # What the schema cannot say (duplicate pairs, a transfer set larger than its data set, ...).
 try:
     config_checks.check_config(config)

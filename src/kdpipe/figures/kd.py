@@ -9,31 +9,35 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from kdpipe.plan import METHOD_LABELS  # noqa: E402
-from kdpipe.tables.kd import pair_members  # noqa: E402
-
-COLOURS = {"teacher": "#4d4d4d", "alone": "#1f77b4", "kd_soft": "#d62728", "kd_hard": "#ff7f0e"}
+from kdpipe import methods  # noqa: E402
+from kdpipe.tables.kd import entry_label, pair_members  # noqa: E402
 
 
 def kd_accuracy_bars(summary: pd.DataFrame, path) -> None:
-    """Best- and last-epoch top-1 per method, mean over seeds with ± std error bars."""
-    fig, ax = plt.subplots(figsize=(7, 4))
-    methods = list(summary["method"])
+    """All methods of one pair: best- and last-epoch top-1, mean over seeds with ± std error bars,
+    each method in its registry colour; the student alone's best-epoch mean as a dashed line."""
+    methods_ = list(summary["method"])
+    fig, ax = plt.subplots(figsize=(max(7, 0.9 * len(methods_) + 2), 4))
     width = 0.38
     for k, (when, hatch) in enumerate((("best", ""), ("last", "//"))):
-        xs = [i + (k - 0.5) * width for i in range(len(methods))]
+        xs = [i + (k - 0.5) * width for i in range(len(methods_))]
         means = summary[f"{when}_top1_mean"]
         stds = summary[f"{when}_top1_std"].fillna(0)
-        bars = ax.bar(xs, means, width, yerr=stds, capsize=4, hatch=hatch, label=f"{when} epoch",
-                      color=[COLOURS[m] for m in methods], edgecolor="white", alpha=0.9 if k == 0 else 0.6)
-        ax.bar_label(bars, labels=[f"{v:.1f}" for v in means], padding=2, fontsize=8)
-    ax.set_xticks(range(len(methods)), [f"{METHOD_LABELS[m]}\n{a}" for m, a in zip(methods, summary["arch"])])
+        bars = ax.bar(xs, means, width, yerr=stds, capsize=3, hatch=hatch, label=f"{when} epoch",
+                      color=[methods.colour(m) for m in methods_], edgecolor="white", alpha=0.9 if k == 0 else 0.6)
+        ax.bar_label(bars, labels=[f"{v:.1f}" for v in means], padding=2, fontsize=7)
+    alone = summary[summary["method"] == methods.BASELINE]
+    if not alone.empty:
+        ax.axhline(alone["best_top1_mean"].iloc[0], color=methods.colour(methods.BASELINE), lw=0.8, ls="--",
+                   label=f"{methods.label(methods.BASELINE)} (best)")
+    labels = [f"{label}\n{a}" for label, a in zip(summary["label"], summary["arch"])]
+    ax.set_xticks(range(len(methods_)), labels, fontsize=7, rotation=30, ha="right")
     ax.set_ylabel("test top-1 accuracy (%)")
     low = (summary[["best_top1_mean", "last_top1_mean"]].min().min() - 10)
     ax.set_ylim(max(0, low), 100 if low > 50 else None)
     n = int(summary["seeds"].min())
-    ax.set_title(f"{summary['pair'].iloc[0]} on {summary['dataset'].iloc[0]}: mean ± std over {n} seed(s)")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(f"{summary['pair'].iloc[0]} on {summary['dataset'].iloc[0]}: mean ± std over {n} seed(s)", fontsize=10)
+    ax.legend(loc="lower right", fontsize=7)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=150)
@@ -43,15 +47,19 @@ def kd_accuracy_bars(summary: pd.DataFrame, path) -> None:
 def kd_curves(members: dict[str, pd.DataFrame], histories: dict[str, pd.DataFrame], path) -> None:
     """Test top-1 per epoch, mean over seeds shaded ± std: the teacher (left) and its students (right)."""
     fig, (ax_t, ax_s) = plt.subplots(1, 2, figsize=(9, 3.8), gridspec_kw={"width_ratios": [1, 2]}, sharey=True)
-    for method, group in members.items():
+    for entry, group in members.items():
         runs = [r for r in group["run"] if r in histories]
         if not runs:
             continue
-        curves = pd.concat([histories[r].set_index("epoch")["top1"].rename(r) for r in runs], axis=1)
+        method, member = group["method"].iloc[0], int(group["member"].iloc[0])
+        column = f"top1{methods.score_suffix(member)}"
+        curves = pd.concat([histories[r].set_index("epoch")[column].rename(r) for r in runs], axis=1)
         mean, std = curves.mean(axis=1), curves.std(axis=1, ddof=1).fillna(0)
         ax = ax_t if method == "teacher" else ax_s
-        ax.plot(mean.index, mean, color=COLOURS[method], marker=".", label=f"{METHOD_LABELS[method]} ({group['arch'].iloc[0]})")
-        ax.fill_between(mean.index, mean - std, mean + std, color=COLOURS[method], alpha=0.2)
+        colour = methods.colour(method)
+        ax.plot(mean.index, mean, color=colour, marker="." if member == 1 else "x", ls="-" if member == 1 else ":",
+                label=f"{entry_label(method, member)} ({group['arch'].iloc[0]})")
+        ax.fill_between(mean.index, mean - std, mean + std, color=colour, alpha=0.15)
     ax_t.set_title("teacher", fontsize=10)
     ax_s.set_title("students", fontsize=10)
     ax_t.set_ylabel("test top-1 accuracy (%)")
@@ -59,7 +67,7 @@ def kd_curves(members: dict[str, pd.DataFrame], histories: dict[str, pd.DataFram
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=6, loc="lower right")
     fig.suptitle("test accuracy during training (mean ± std over seeds)", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=150)

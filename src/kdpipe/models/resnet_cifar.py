@@ -76,10 +76,15 @@ class CifarResNet(nn.Module):
         layers += [BasicBlock(self.inplanes, planes) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, features: bool = False):
+        """Logits; with ``features=True``, ``(logits, [f1, f2, f3])``: each stage's output (after its
+        last ReLU, as RepDistiller's ``is_feat=True, preact=False`` gives them to FitNets and AT)."""
         x = self.relu(self.bn1(self.conv1(x)))
-        x = self.layer3(self.layer2(self.layer1(x)))
-        return self.fc(torch.flatten(self.pool(x), 1))
+        f1 = self.layer1(x)
+        f2 = self.layer2(f1)
+        f3 = self.layer3(f2)
+        logits = self.fc(torch.flatten(self.pool(f3), 1))
+        return (logits, [f1, f2, f3]) if features else logits
 
 
 _NARROW = [16, 16, 32, 64]

@@ -1,64 +1,137 @@
-"""Tables from metrics.json files (and benchmark files): one row per run, and mean ± std over seeds."""
+"""Tables from metrics.json files: one row per trained student, and the methods × pairs summary.
+
+Which methods exist, their labels, how many students a run trains and the published numbers all
+come from the registry (``kdpipe.methods``); nothing here names a method.
+"""
 
 import pandas as pd
 
+from kdpipe import methods
 from kdpipe.io import read_json
+from kdpipe.plan import pair_id
+from kdpipe.references import REPDISTILLER_SOURCE, teacher_reference
 from kdpipe.tables import headline, seed_stats, write_tables
-from kdpipe.plan import METHOD_LABELS, pair_id
 
-METHOD_ORDER = ["teacher", "alone", "kd_soft", "kd_hard"]
 FIGURES = ["best_top1", "last_top1", "best_top5", "last_top5"]
+# Two-sided 5% critical values of Student's t by degrees of freedom (seeds - 1): what a paired
+# t-test over seeds would need |mean| / (std / sqrt(n)) to exceed.
+T_CRITICAL_5 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
+                10: 2.228}
+
+
+def entry_name(method: str, member: int) -> str:
+    """A summary row's key: the method for its first student, ``dml_s2`` for mutual learning's second."""
+    return f"{method}{methods.score_suffix(member)}"
+
+
+def entry_label(method: str, member: int) -> str:
+    if method == "teacher" or methods.get(method).students == 1:
+        return methods.label(method)
+    return f"{methods.label(method)} ({member})"
+
+
+def _settings(cfg: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in cfg.get("method_params", {}).items())
 
 
 def kd_run_rows(metrics_files) -> pd.DataFrame:
+    """One row per trained student: a mutual-learning run gives a row for each of its students."""
     rows = []
     for path in metrics_files:
         m = read_json(path)
         cfg = m["config"]
-        rows.append({
-            "run": m["run"], "dataset": cfg["dataset"], "dataset_source": cfg.get("dataset_source", ""),
-            "method": cfg["method"], "arch": cfg["arch"], "teacher": cfg.get("teacher", ""), "seed": m["seed"],
-            "best_top1": m["best"]["top1"], "best_top5": m["best"]["top5"], "best_epoch": m["best"]["epoch"],
-            "last_top1": m["last"]["top1"], "last_top5": m["last"]["top5"], "epochs": cfg["train"]["epochs"],
-            "train_images": m["train_images"], "params": m["params"],
-            "temperature": cfg.get("kd", {}).get("temperature"), "alpha": cfg.get("kd", {}).get("alpha"),
-            "wall_time_s": m["wall_time_s"], "device": m["device"], "host": m.get("host", ""),
-            "git_commit": m["git_commit"],
-        })
-    return pd.DataFrame(rows).sort_values(["dataset", "method", "arch", "teacher", "seed"]).reset_index(drop=True)
+        method = cfg["method"]
+        students = 1 if method == "teacher" else methods.get(method).students
+        for member in range(1, students + 1):
+            sfx = methods.score_suffix(member)
+            best = m["best"] if member == 1 else m[f"best_top1{sfx}"]
+            rows.append({
+                "run": m["run"], "dataset": cfg["dataset"], "dataset_source": cfg.get("dataset_source", ""),
+                "method": method, "member": member, "entry": entry_name(method, member), "arch": cfg["arch"],
+                "teacher": cfg.get("teacher", ""), "seed": m["seed"],
+                "best_top1": best[f"top1{sfx}"], "best_top5": best[f"top5{sfx}"], "best_epoch": best["epoch"],
+                "last_top1": m["last"][f"top1{sfx}"], "last_top5": m["last"][f"top5{sfx}"],
+                "epochs": cfg["train"]["epochs"], "train_images": m["train_images"], "params": m["params"],
+                "settings": _settings(cfg), "wall_time_s": m["wall_time_s"], "device": m["device"],
+                "host": m.get("host", ""), "git_commit": m["git_commit"],
+            })
+    order = {name: i for i, name in enumerate(methods.order())}
+    df = pd.DataFrame(rows)
+    df["_order"] = df["method"].map(order)
+    df = df.sort_values(["dataset", "_order", "member", "arch", "teacher", "seed"]).drop(columns="_order")
+    return df.reset_index(drop=True)
 
 
 def pair_members(runs: pd.DataFrame, dataset: str, teacher: str, student: str) -> dict[str, pd.DataFrame]:
-    """The runs one teacher→student comparison reads, by method (seeds as rows)."""
+    """The students one teacher→student comparison reads, by entry (seeds as rows), in registry order.
+
+    A method that needs a teacher is read for this teacher; one without (alone, mutual learning)
+    for the student's architecture, whichever pair listed it.
+    """
     on_set = runs[runs["dataset"] == dataset]
-    is_student = on_set["arch"] == student
-    taught = is_student & (on_set["teacher"] == teacher)
-    return {
-        "teacher": on_set[(on_set["method"] == "teacher") & (on_set["arch"] == teacher)],
-        "alone": on_set[(on_set["method"] == "alone") & is_student],
-        "kd_soft": on_set[(on_set["method"] == "kd_soft") & taught],
-        "kd_hard": on_set[(on_set["method"] == "kd_hard") & taught],
-    }
+    out = {"teacher": on_set[(on_set["method"] == "teacher") & (on_set["arch"] == teacher)]}
+    for name, spec in methods.METHODS.items():
+        rows = on_set[(on_set["method"] == name) & (on_set["arch"] == student)]
+        if spec.needs_teacher:
+            rows = rows[rows["teacher"] == teacher]
+        for member in range(1, spec.students + 1):
+            out[entry_name(name, member)] = rows[rows["member"] == member]
+    return out
+
+
+def paired_difference(g: pd.DataFrame, alone: pd.DataFrame, figure: str) -> dict:
+    """Per-seed difference method − alone (same seed: same split, same initial student), its mean
+    and sample std over the seeds both have, how many seeds favour the method, and the paired
+    t statistic with the 5% critical value for that many seeds."""
+    both = g.set_index("seed")[figure].to_frame("m").join(alone.set_index("seed")[figure].rename("a"), how="inner")
+    d = both["m"] - both["a"]
+    n = len(d)
+    mean, std = (d.mean(), d.std(ddof=1)) if n > 1 else (d.mean() if n else float("nan"), float("nan"))
+    t = mean / (std / n ** 0.5) if n > 1 and std > 0 else float("nan")
+    if n < 2:
+        verdict = "one seed: no spread"
+    elif abs(mean) > std:
+        verdict = "larger than spread"
+    else:
+        verdict = "within spread"
+    return {f"{figure}_diff_mean": mean, f"{figure}_diff_std": std, f"{figure}_paired_seeds": n,
+            f"{figure}_seeds_better": int((d > 0).sum()), f"{figure}_paired_t": t,
+            f"{figure}_t_critical": T_CRITICAL_5.get(n - 1, 1.96) if n > 1 else float("nan"),
+            f"{figure}_verdict": verdict}
 
 
 def kd_summary(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per teacher→student pair: teacher, student alone, KD soft, KD hard, mean ± std over seeds."""
-    kd = runs[runs["method"].isin(["kd_soft", "kd_hard"])]
-    pairs = kd[["dataset", "dataset_source", "teacher", "arch"]].drop_duplicates().itertuples(index=False)
+    """Methods × pairs: per pair, the teacher and every method's students, mean ± std over seeds at
+    the best and the last epoch, the paired difference from the student alone, and the published
+    reference (a separate column, never mixed with what was measured)."""
+    taught = runs[(runs["teacher"].fillna("") != "") & (runs["method"] != "teacher")]
+    pairs = taught[["dataset", "dataset_source", "teacher", "arch"]].drop_duplicates().itertuples(index=False)
     out = []
     for dataset, source, teacher, student in pairs:
         groups = pair_members(runs, dataset, teacher, student)
-        for method in METHOD_ORDER:
-            g = groups[method]
+        alone = groups.get(methods.BASELINE, pd.DataFrame())
+        for entry, g in groups.items():
             if g.empty:
                 continue
+            method, member = g["method"].iloc[0], int(g["member"].iloc[0])
+            if method == "teacher":
+                ref, ref_source = teacher_reference(source, teacher), REPDISTILLER_SOURCE
+            else:  # published numbers are CIFAR-100's, for a method's (first) student
+                ok = source == "cifar100" and member == 1
+                ref = methods.reference(method, teacher, student) if ok else None
+                ref_source = methods.get(method).reference_source
             row = {"dataset": dataset, "dataset_source": source, "pair": pair_id(teacher, student),
-                   "teacher": teacher, "student": student, "method": method, "label": METHOD_LABELS[method],
-                   "arch": g["arch"].iloc[0], "params": int(g["params"].iloc[0]), "seeds": len(g),
+                   "teacher": teacher, "student": student, "method": method, "member": member, "entry": entry,
+                   "label": entry_label(method, member), "arch": g["arch"].iloc[0],
+                   "params": int(g["params"].iloc[0]), "seeds": len(g),
                    "train_images": int(g["train_images"].iloc[0]), "epochs": int(g["epochs"].iloc[0]),
-                   "temperature": g["temperature"].iloc[0], "alpha": g["alpha"].iloc[0]}
+                   "settings": g["settings"].iloc[0], "reference_top1": ref,
+                   "reference_source": ref_source if ref is not None else ""}
             for fig in FIGURES:
                 row[f"{fig}_mean"], row[f"{fig}_std"] = seed_stats(g[fig])
+            if method not in ("teacher", methods.BASELINE) and not alone.empty:
+                for fig in ("best_top1", "last_top1"):
+                    row.update(paired_difference(g, alone, fig))
             out.append(row)
     return pd.DataFrame(out)
 
@@ -66,4 +139,4 @@ def kd_summary(runs: pd.DataFrame) -> pd.DataFrame:
 def kd_tables(metrics_files, *, runs_csv, summary_csv, headline_json=None) -> None:
     runs = kd_run_rows(metrics_files)
     write_tables(runs, kd_summary(runs), runs_csv=runs_csv, summary_csv=summary_csv, headline_json=headline_json,
-                 headline_of=lambda s: headline(s, ["pair", "method"], ["best_top1", "last_top1"]))
+                 headline_of=lambda s: headline(s, ["pair", "entry"], ["best_top1", "last_top1"]))

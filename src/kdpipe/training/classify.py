@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from kdpipe import losses
+from kdpipe import losses, methods
 from kdpipe.models import build_model, count_parameters
 from kdpipe.training.augment import random_crop_flip
 
@@ -54,24 +54,42 @@ def load_model_file(path, device: torch.device) -> nn.Module:
 
 
 class Classifier:
-    """Images and labels live on the device as uint8; each batch is converted and augmented there."""
+    """Images and labels live on the device as uint8; each batch is converted and augmented there.
+
+    ``method`` names a ``kdpipe.methods`` entry (its ``step`` computes the loss) or ``teacher``
+    (cross-entropy). ``model`` is the student that model.pt serves; ``peers`` (mutual learning's
+    other students) and ``extra_modules`` (FitNets' regressor) train with it and sit in the resume
+    checkpoint, but not in model.pt: ``self.model`` is everything trained, ``self.served_model``
+    the student alone.
+    """
 
     score_key = "top1"
 
     def __init__(self, model, train, test, *, method, batch_size, augment=True, teacher=None, kd=None, device,
-                 stats_from=None):
+                 stats_from=None, peers=(), extra_modules=None):
         # channels-last runs convolutions ~1.3x faster on CPU and uses tensor cores well on GPU.
-        self.model = model.to(device, memory_format=torch.channels_last)
+        self.served_model = model.to(device, memory_format=torch.channels_last)
+        self.peers = [p.to(device, memory_format=torch.channels_last) for p in peers]
+        self.extras = nn.ModuleDict(extra_modules or {}).to(device, memory_format=torch.channels_last)
+        if self.peers or self.extras:
+            self.model = nn.ModuleDict({"student": self.served_model, "peers": nn.ModuleList(self.peers),
+                                        "extras": self.extras})
+        else:
+            self.model = self.served_model
         self.method = method
+        self.spec = methods.METHODS.get(method)  # None for the teacher (and the multi-exit family's methods)
         self.batch_size = batch_size
         self.augment = augment
-        self.kd = kd or {}
+        self.kd = kd or {}  # the method's resolved settings
+        self.epoch = 0  # set by the training loop before each epoch (DKD's warm-up reads it)
+        # Evaluation keys of students 2..n, whose own best epochs metrics.json records too.
+        self.other_scores = tuple(f"top1{methods.score_suffix(k)}" for k in range(2, len(self.peers) + 2))
         self.teacher = teacher
         if teacher is not None:
             teacher.eval()
             for p in teacher.parameters():
                 p.requires_grad_(False)
-        if method in ("kd_soft", "kd_hard") and teacher is None:
+        if self.spec is not None and self.spec.needs_teacher and teacher is None:
             raise ValueError(f"method {method} needs a teacher")
         self.train_x, self.train_y = train[0].to(device), train[1].to(device)
         self.test_x, self.test_y = test[0].to(device), test[1].to(device)
@@ -91,15 +109,25 @@ class Classifier:
             yield self._normalise(x).contiguous(memory_format=torch.channels_last), self.train_y[idx]
 
     def loss(self, batch):
+        """The method's loss on one batch: the registry entry's ``step`` gets what it asks for."""
         x, y = batch
-        logits = self.model(x)
-        if self.method in ("alone", "teacher"):
-            return losses.cross_entropy(logits, y)
-        with torch.no_grad():
-            teacher_logits = self.teacher(x)
-        if self.method == "kd_soft":
-            return losses.kd_soft(logits, teacher_logits, y, self.kd["temperature"], self.kd["alpha"])
-        return losses.kd_hard(logits, teacher_logits, y, self.kd["alpha"])
+        spec = self.spec
+        if spec is None:
+            return losses.cross_entropy(self.served_model(x), y)
+        features = teacher_logits = teacher_features = None
+        if "student" in spec.features:
+            logits, features = self.served_model(x, features=True)
+        else:
+            logits = self.served_model(x)
+        if spec.needs_teacher:
+            with torch.no_grad():
+                if "teacher" in spec.features:
+                    teacher_logits, teacher_features = self.teacher(x, features=True)
+                else:
+                    teacher_logits = self.teacher(x)
+        forward = methods.Forward(logits, y, features, teacher_logits, teacher_features,
+                                  peers=[peer(x) for peer in self.peers], modules=self.extras, epoch=self.epoch)
+        return spec.step(forward, self.kd)
 
     def test_batches(self, batch_size: int = 200):
         for start in range(0, len(self.test_y), batch_size):
@@ -107,10 +135,16 @@ class Classifier:
             yield x.contiguous(memory_format=torch.channels_last), self.test_y[start : start + batch_size]
 
     def evaluate(self) -> dict[str, float]:
-        hits = torch.zeros(2, device=self.test_y.device)
+        """top1/top5 of the served student; top1_s2/top5_s2 ... of the students trained beside it."""
+        students = [self.served_model, *self.peers]
+        hits = torch.zeros(len(students), 2, device=self.test_y.device)
         for x, y in self.test_batches():
-            hits += topk_hits(self.model(x), y)
-        return accuracy_percent(hits, len(self.test_y))
+            for i, student in enumerate(students):
+                hits[i] += topk_hits(student(x), y)
+        scores = {}
+        for i in range(len(students)):
+            scores.update(accuracy_percent(hits[i], len(self.test_y), methods.score_suffix(i + 1)))
+        return scores
 
 
 def topk_hits(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -133,15 +167,40 @@ def training_images(cfg: dict, split: dict) -> tuple[torch.Tensor, torch.Tensor]
     return x, y
 
 
+def stage_shapes(model: nn.Module, image_shape, device: torch.device) -> list[tuple[int, ...]]:
+    """The (C, H, W) of each stage output for one image, from a forward pass in eval mode."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        probe = torch.zeros(1, *image_shape, device=device).contiguous(memory_format=torch.channels_last)
+        _, features = model(probe, features=True)
+    model.train(was_training)
+    return [tuple(f.shape[1:]) for f in features]
+
+
 def make_classifier(cfg: dict, train: dict, test: dict, device: torch.device, teacher_path=None):
-    """Family builder for the training loop: (family, model-file payload, extra metrics)."""
+    """Family builder for the training loop: (family, model-file payload, extra metrics).
+
+    The student is built first, so its initial weights are those of the student trained alone with
+    the same seed; mutual learning's peers and FitNets' regressor are drawn after it.
+    """
     x, y = training_images(cfg, train)
     num_classes = len(train["classes"])
     model = build_model(cfg["arch"], num_classes)
+    spec = methods.METHODS.get(cfg["method"])
+    students = spec.students if spec else 1
+    peers = [build_model(cfg["arch"], num_classes) for _ in range(students - 1)]
     teacher = load_model_file(teacher_path, device) if teacher_path else None
+    params = cfg.get("method_params", {})
+    extra_modules = None
+    if spec is not None and spec.extra_modules is not None:
+        image_shape = tuple(x.shape[1:])
+        extra_modules = spec.extra_modules(stage_shapes(model, image_shape, torch.device("cpu")),
+                                           stage_shapes(teacher, image_shape, device) if teacher else None, params)
     family = Classifier(model, (x, y), (test["images"], test["labels"]), method=cfg["method"],
                         batch_size=cfg["train"]["batch_size"], augment=cfg.get("augment", True),
-                        teacher=teacher, kd=cfg.get("kd"), device=device,
+                        teacher=teacher, kd=params, device=device, peers=peers, extra_modules=extra_modules,
                         stats_from=train["images"])  # the full split's: a teacher sees what it trained on
-    extra = {"params": count_parameters(model), "train_images": int(len(y)), "test_images": int(len(test["labels"]))}
+    extra = {"params": count_parameters(model), "train_images": int(len(y)), "test_images": int(len(test["labels"])),
+             "students": students}
     return family, {"arch": cfg["arch"], "num_classes": num_classes}, extra

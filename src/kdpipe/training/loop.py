@@ -159,6 +159,8 @@ def _epochs(family, recipe, step, optimizer, outcome, *, start, seed, device, fp
     quiet = not sys.stderr.isatty()
     for epoch in range(start, recipe.epochs):
         t0 = time.perf_counter()
+        if hasattr(family, "epoch"):  # a loss that depends on the epoch (DKD's warm-up) reads it
+            family.epoch = epoch
         lr = recipe.lr_at(epoch)
         step.set_lr(lr)
         if hasattr(family, "epoch"):

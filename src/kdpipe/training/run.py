@@ -83,10 +83,16 @@ def train(cfg: dict, *, train_path, test_path, teacher_path=None, model_path, me
         outcome = fit(family, Recipe.from_dict(cfg["train"]), seed=cfg["seed"], device=place.device,
                       resume_path=resume_path, run_config=cfg, desc=cfg["run"],
                       inputs=[p for p in (train_path, test_path, teacher_path) if p])
-        payload["state_dict"] = {k: v.cpu() for k, v in family.model.state_dict().items()}
+        # model.pt holds the model a family serves: FitNets' regressor and mutual learning's peer
+        # train with the student (and sit in the resume checkpoint), but are not part of it.
+        served = getattr(family, "served_model", family.model)
+        payload["state_dict"] = {k: v.cpu() for k, v in served.state_dict().items()}
+        # Students trained beside the served one (mutual learning) get their own best epoch.
+        others = {f"best_{k}": max(outcome.history, key=lambda row: row[k])
+                  for k in getattr(family, "other_scores", ()) if outcome.history}
         return write_outputs(
             model_payload=payload, outcome=outcome, cfg=cfg, placement_name=place.name, started=started,
             score_key=family.score_key,
             model_path=model_path, metrics_path=metrics_path, history_path=history_path, resume_path=resume_path,
-            extra={**extra_times, **(extra or {})},
+            extra={**extra_times, **(extra or {}), **others},
         )

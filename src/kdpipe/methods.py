@@ -1,0 +1,225 @@
+"""The distillation methods, each described once: the registry the plan, the classifier family, the
+config schema, the tables, figures and report read.
+
+A method is one ``Method`` entry: its name (the word in run names and in ``classify.methods``), the
+label and colour the report uses, whether it needs a teacher, which stage outputs it reads, its
+hyper-parameters (default, JSON-schema fragment, help), its loss (the name of a pure function in
+``kdpipe.losses``) and ``step``, the one line that feeds that loss what the classifier computed, the
+published CIFAR-100 numbers to print beside ours, and how many students it trains. Adding a method
+is one entry here plus its loss and tests (README: "Adding a method").
+
+This module does not import torch (the Snakefile reads it when the DAG loads); a step imports
+``kdpipe.losses`` when it first runs.
+
+The teacher is a role, not a method: it trains alone with cross-entropy, once per architecture and
+seed, and every method that ``needs_teacher`` learns from it.
+"""
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+
+@dataclass(frozen=True)
+class Param:
+    """One hyper-parameter: its default, its JSON-schema fragment (type, range) and what it means."""
+
+    default: Any
+    schema: dict
+    help: str
+
+
+@dataclass
+class Forward:
+    """What the classifier computed for one batch, for a method's ``step``.
+
+    ``features`` / ``teacher_features`` are the three stage outputs (only when the method asks for
+    them); ``peers`` the logits of students 2..n (mutual learning); ``modules`` the run's own
+    trainable extras (FitNets' regressor); ``epoch`` is 0-based.
+    """
+
+    logits: Any
+    targets: Any
+    features: list | None = None
+    teacher_logits: Any = None
+    teacher_features: list | None = None
+    peers: list = field(default_factory=list)
+    modules: Any = None
+    epoch: int = 0
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    label: str
+    colour: str  # matplotlib colour of its bars and curves
+    formula: str  # the loss in one line, for the report
+    loss: str  # the name of its pure function in kdpipe.losses
+    step: Callable[[Forward, dict], tuple]  # (forward, resolved params) -> (total, terms)
+    needs_teacher: bool = False
+    features: tuple[str, ...] = ()  # "student" and/or "teacher": stage outputs the step reads
+    params: dict[str, Param] = field(default_factory=dict)
+    students: int = 1  # students one run trains together (mutual learning: 2)
+    extra_modules: Callable | None = None  # (student shapes, teacher shapes, params) -> {name: nn.Module}
+    references: dict = field(default_factory=dict)  # (teacher, student) -> published CIFAR-100 top-1 %
+    reference_source: str = ""
+
+    def defaults(self) -> dict:
+        return {k: p.default for k, p in self.params.items()}
+
+    @property
+    def loss_function(self) -> Callable:
+        return getattr(_losses(), self.loss)
+
+
+def _losses():
+    return importlib.import_module("kdpipe.losses")
+
+
+TEMPERATURE = {"type": "number", "exclusiveMinimum": 0}
+WEIGHT = {"type": "number", "minimum": 0}
+UNIT = {"type": "number", "minimum": 0, "maximum": 1}
+REPDISTILLER = "RepDistiller / mdistiller tables (CIFAR-100, 240 epochs)"
+
+
+def _fitnet_modules(student_shapes, teacher_shapes, params):
+    from kdpipe.models.regressor import FeatureRegressor
+
+    i = params["stage"] - 1
+    return {"regressor": FeatureRegressor(student_shapes[i], teacher_shapes[i])}
+
+
+def _fitnet_step(o: Forward, p: dict):
+    i = p["stage"] - 1
+    return _losses().fitnet(o.logits, o.targets, o.modules["regressor"](o.features[i]), o.teacher_features[i], p["beta"])
+
+
+def _dkd_step(o: Forward, p: dict):
+    # mdistiller counts epochs from 1: w = min(epoch / warmup, 1) reaches 1 at epoch `warmup`.
+    w = min((o.epoch + 1) / p["warmup"], 1.0) if p["warmup"] > 0 else 1.0
+    return _losses().dkd(o.logits, o.teacher_logits, o.targets, p["temperature"], p["alpha"], p["beta"], warmup_weight=w)
+
+
+TEACHER = {"name": "teacher", "label": "teacher", "colour": "#4d4d4d"}
+BASELINE = "alone"  # the method every other one is compared with (paired by seed) in the tables and report
+
+METHODS: dict[str, Method] = {m.name: m for m in [
+    Method(
+        "alone", "student alone", "#1f77b4", "CE(student, y): the baseline every method is read against",
+        loss="cross_entropy", step=lambda o, p: _losses().cross_entropy(o.logits, o.targets),
+        references={("resnet56", "resnet20"): 69.06, ("resnet110", "resnet32"): 71.14,
+                    ("resnet32x4", "resnet8x4"): 72.50},
+        reference_source="RepDistiller README (CIFAR-100, last epoch)"),
+    Method(
+        "kd_soft", "KD soft", "#d62728", "(1-a)·CE + a·T²·KL(teacher_T ‖ student_T)",
+        loss="kd_soft", needs_teacher=True,
+        step=lambda o, p: _losses().kd_soft(o.logits, o.teacher_logits, o.targets, p["temperature"], p["alpha"]),
+        params={"temperature": Param(4, TEMPERATURE, "soft targets: softmax(logits / T); the KL is scaled by T²"),
+                "alpha": Param(0.9, UNIT, "weight of the KL term; 1 - alpha weights CE with the labels")},
+        references={("resnet56", "resnet20"): 70.66, ("resnet110", "resnet32"): 73.08,
+                    ("resnet32x4", "resnet8x4"): 73.33},
+        reference_source="RepDistiller README (CIFAR-100, last epoch)"),
+    Method(
+        "kd_hard", "KD hard", "#ff7f0e", "(1-a)·CE(labels) + a·CE(teacher's argmax)",
+        loss="kd_hard", needs_teacher=True,
+        step=lambda o, p: _losses().kd_hard(o.logits, o.teacher_logits, o.targets, p["alpha"]),
+        params={"alpha": Param(0.9, UNIT, "weight of CE with the teacher's argmax; 1.0 = teacher labels only")}),
+    Method(
+        "dkd", "DKD", "#9467bd", "CE + w·(a·TCKD + b·NCKD), w = min(epoch / warmup, 1)",
+        loss="dkd", needs_teacher=True, step=_dkd_step,
+        params={"temperature": Param(4, TEMPERATURE, "T of both KL terms (each scaled by T²)"),
+                "alpha": Param(1.0, WEIGHT, "weight of TCKD (target vs rest)"),
+                "beta": Param(8.0, WEIGHT, "weight of NCKD (among the non-target classes)"),
+                "warmup": Param(20, {"type": "integer", "minimum": 0},
+                                "epochs over which the distillation weight ramps up to 1 (0: none)")},
+        references={("resnet56", "resnet20"): 71.97, ("resnet32x4", "resnet8x4"): 76.32},
+        reference_source=REPDISTILLER),
+    Method(
+        "fitnet", "FitNets", "#2ca02c", "CE + b·MSE(regressor(f_s), f_t), one stage",
+        loss="fitnet", needs_teacher=True, features=("student", "teacher"), step=_fitnet_step,
+        extra_modules=_fitnet_modules,
+        params={"beta": Param(100.0, WEIGHT, "weight of the hint (mean squared difference)"),
+                "stage": Param(2, {"type": "integer", "minimum": 1, "maximum": 3},
+                               "stage whose output is the hint (RepDistiller's hint_layer 2: the middle stage)")},
+        references={("resnet56", "resnet20"): 69.21, ("resnet32x4", "resnet8x4"): 73.50},
+        reference_source=REPDISTILLER),
+    Method(
+        "at", "attention transfer", "#8c564b", "CE + b·Σ_stages mean((a_s − a_t)²), a = normalise(mean_c f^p)",
+        loss="attention", needs_teacher=True, features=("student", "teacher"),
+        step=lambda o, p: _losses().attention(o.logits, o.targets, o.features, o.teacher_features, p["beta"], p["p"]),
+        params={"beta": Param(1000.0, WEIGHT, "weight of the attention terms"),
+                "p": Param(2, {"type": "number", "exclusiveMinimum": 0}, "attention = mean over channels of f^p")},
+        references={("resnet56", "resnet20"): 70.55, ("resnet32x4", "resnet8x4"): 73.44},
+        reference_source=REPDISTILLER),
+    Method(
+        "dml", "mutual learning", "#17becf", "two students, each CE + KL(p_peer ‖ p_self), no teacher",
+        loss="dml", students=2, step=lambda o, p: _losses().dml([o.logits, *o.peers], o.targets),
+        references={("resnet32", "resnet32"): 71.19},
+        reference_source="Zhang et al. 2018 (CIFAR-100, resnet32 with a resnet32 peer; alone 68.99)"),
+]}
+
+
+def get(name: str) -> Method:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS)}") from None
+
+
+def label(name: str) -> str:
+    return TEACHER["label"] if name == "teacher" else get(name).label
+
+
+def colour(name: str) -> str:
+    return TEACHER["colour"] if name == "teacher" else get(name).colour
+
+
+def order() -> list[str]:
+    """Rows in tables and bars in charts: the teacher, then the methods in registry order."""
+    return ["teacher", *METHODS]
+
+
+def score_suffix(student: int) -> str:
+    """Evaluation keys of student k (1-based) of a run: top1, top1_s2, top1_s3, ..."""
+    return "" if student == 1 else f"_s{student}"
+
+
+def reference(method: str, teacher: str, student: str) -> float | None:
+    """The published CIFAR-100 top-1 for this method and pair (mutual learning: the student's own arch)."""
+    m = get(method)
+    key = (student, student) if not m.needs_teacher and m.students > 1 else (teacher, student)
+    return m.references.get(key)
+
+
+def resolve_params(method: str, *layers: dict) -> dict:
+    """The method's defaults overridden by each layer's entry for it (config, then the pair)."""
+    params = get(method).defaults()
+    for layer in layers:
+        params.update((layer or {}).get(method, {}))
+    return params
+
+
+def schema_fragment() -> dict:
+    """JSON schema of ``classify.methods`` and ``classify.method_params`` (and a pair's
+    ``method_params``), generated from the registry: an unknown method or setting names its key."""
+    params = {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            name: {
+                "description": f"{m.label}: {m.formula}",
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {k: {**p.schema, "description": f"{p.help} (default {p.default})"}
+                               for k, p in m.params.items()},
+            }
+            for name, m in METHODS.items()
+        },
+    }
+    return {
+        "methods": {
+            "description": "the distillation methods to run, for every pair and seed (kdpipe.methods)",
+            "type": "array", "minItems": 1, "uniqueItems": True, "items": {"enum": list(METHODS)},
+        },
+        "method_params": {**params, "description": "per-method settings; a pair's method_params override them"},
+    }

@@ -1,0 +1,374 @@
+"""The method registry drives the schema, the plan, the classifier, the tables, the chart and the
+report: a method registered here (and only here) appears in all of them. Config errors for unknown
+methods and bad settings, checked in-process against the generated schema (no Snakemake start)."""
+
+import json
+from pathlib import Path
+
+import matplotlib.colors
+import pandas as pd
+import pytest
+import torch
+import yaml
+from pypdf import PdfReader
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import update_config
+
+from kdpipe import losses, methods, plan
+from kdpipe.models import build_model
+from kdpipe.config_checks import ConfigError, check_config
+from kdpipe.config_schema import config_schema, validate_config
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def merged_config(*overlays: dict, preset: bool = True) -> dict:
+    """config.yaml (+ the demo preset) + overlays, merged as Snakemake merges --configfile files."""
+    config: dict = {}
+    for f in ["config.yaml", *(["presets/demo.yaml"] if preset else [])]:
+        update_config(config, yaml.safe_load((ROOT / f).read_text()))
+    for overlay in overlays:
+        update_config(config, overlay)
+    return config
+
+
+def valid(config: dict) -> dict:
+    validate_config(config, SCHEMA)
+    check_config(config)
+    return config
+
+
+@pytest.fixture
+def toy_method(monkeypatch):
+    """A method added to the registry for one test, and removed after it: nothing else is edited."""
+    toy = methods.Method(
+        "toy_kd", "toy distillation", "#a1b2c3", "CE + 0·toy", loss="cross_entropy", needs_teacher=True,
+        step=lambda o, p: losses.cross_entropy(o.logits * p["gain"], o.targets),
+        params={"gain": methods.Param(1.5, {"type": "number", "exclusiveMinimum": 0}, "logit gain")},
+        references={("resnet56", "resnet20"): 12.34}, reference_source="the toy paper (CIFAR-100)")
+    monkeypatch.setitem(methods.METHODS, "toy_kd", toy)
+    return toy
+
+
+# ---- the registry itself ------------------------------------------------------------------------
+
+
+def test_every_method_is_complete():
+    colours = [m.colour for m in methods.METHODS.values()] + [methods.TEACHER["colour"]]
+    assert len(set(colours)) == len(colours), "each method needs its own colour"
+    assert "teacher" not in methods.METHODS  # a role, not a method
+    assert methods.METHODS["alone"].needs_teacher is False
+    for name, m in methods.METHODS.items():
+        assert m.name == name and m.label and m.formula
+        assert matplotlib.colors.is_color_like(m.colour)
+        assert callable(m.loss_function) and m.loss_function is getattr(losses, m.loss)
+        assert set(m.features) <= {"student", "teacher"}
+        if "teacher" in m.features:
+            assert m.needs_teacher
+        for key, param in m.params.items():
+            assert "type" in param.schema and param.help, (name, key)
+        for (teacher, student), value in m.references.items():
+            assert 0 < value < 100 and m.reference_source
+
+
+def test_published_references_match_references_md():
+    ref = {name: m.references for name, m in methods.METHODS.items()}
+    assert ref["dkd"] == {("resnet56", "resnet20"): 71.97, ("resnet32x4", "resnet8x4"): 76.32}
+    assert ref["fitnet"] == {("resnet56", "resnet20"): 69.21, ("resnet32x4", "resnet8x4"): 73.50}
+    assert ref["at"] == {("resnet56", "resnet20"): 70.55, ("resnet32x4", "resnet8x4"): 73.44}
+    assert ref["kd_soft"][("resnet56", "resnet20")] == 70.66 and ref["alone"][("resnet32x4", "resnet8x4")] == 72.50
+    assert methods.reference("dml", "resnet110", "resnet32") == 71.19  # a resnet32 peer, whatever the teacher
+    assert methods.reference("dml", "resnet56", "resnet20") is None
+    assert methods.METHODS["dml"].students == 2 and not methods.METHODS["dml"].needs_teacher
+
+
+def test_shipped_configs_run_every_method_and_validate():
+    for preset in (False, True):
+        config = valid(merged_config(preset=preset))
+        assert config["classify"]["methods"] == list(methods.METHODS)
+
+
+# ---- the schema is generated from the registry --------------------------------------------------
+
+
+def test_schema_lists_the_registry(toy_method):
+    classify = config_schema(SCHEMA)["properties"]["classify"]["properties"]
+    assert classify["methods"]["items"]["enum"] == list(methods.METHODS)
+    assert "toy_kd" in classify["methods"]["items"]["enum"]
+    assert set(classify["method_params"]["properties"]) == set(methods.METHODS)
+    assert set(classify["method_params"]["properties"]["dkd"]["properties"]) == {"temperature", "alpha", "beta", "warmup"}
+    assert classify["method_params"]["properties"]["toy_kd"]["properties"]["gain"]["exclusiveMinimum"] == 0
+    pair = classify["pairs"]["items"]["properties"]["method_params"]
+    assert set(pair["properties"]) == set(methods.METHODS)
+
+
+BAD = {
+    "unknown method": ({"classify": {"methods": ["alone", "dkdd"]}}, "dkdd"),
+    "no method": ({"classify": {"methods": []}}, "methods"),
+    "method listed twice": ({"classify": {"methods": ["alone", "dkd", "dkd"]}}, "methods"),
+    "settings of an unknown method": ({"classify": {"method_params": {"crd": {"nce_k": 4096}}}}, "crd"),
+    "unknown setting": ({"classify": {"method_params": {"dkd": {"betta": 2}}}}, "betta"),
+    "negative weight": ({"classify": {"method_params": {"at": {"beta": -1}}}}, "beta"),
+    "warm-up not an integer": ({"classify": {"method_params": {"dkd": {"warmup": 2.5}}}}, "warmup"),
+    "hint stage out of range": ({"classify": {"method_params": {"fitnet": {"stage": 4}}}}, "stage"),
+    "KD alpha above 1": ({"classify": {"method_params": {"kd_soft": {"alpha": 1.5}}}}, "kd_soft"),
+    "a pair's bad setting": ({"classify": {"pairs": [{"teacher": "resnet14", "student": "resnet8",
+                                                      "method_params": {"dkd": {"temperature": 0}}}]}}, "temperature"),
+    "a pair's unknown setting": ({"classify": {"pairs": [{"teacher": "resnet14", "student": "resnet8",
+                                                          "method_params": {"fitnet": {"hint": 2}}}]}}, "hint"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_method_config_names_the_key(case):
+    overlay, key = BAD[case]
+    with pytest.raises(WorkflowError) as err:
+        validate_config(merged_config(overlay), SCHEMA)
+    message = str(err.value)
+    assert "Error validating config file" in message
+    assert key in message.split("Error validating config file", 1)[1], message
+
+
+def test_settings_for_a_method_not_run_are_refused():
+    config = merged_config({"classify": {"methods": ["alone", "kd_soft"], "pairs": [
+        {"teacher": "resnet14", "student": "resnet8", "method_params": {"dkd": {"beta": 2}}}]}})
+    validate_config(config, SCHEMA)  # the schema allows it: the check does not
+    with pytest.raises(ConfigError, match=r"classify\.pairs\[0\]\.method_params\.dkd: dkd is not in classify\.methods"):
+        check_config(config)
+
+
+def test_untaught_method_settings_must_agree_across_pairs(monkeypatch):
+    solo = methods.Method("solo", "solo", "#010203", "CE", loss="cross_entropy",
+                          step=lambda o, p: losses.cross_entropy(o.logits, o.targets),
+                          params={"k": methods.Param(1, {"type": "integer"}, "a setting")})
+    monkeypatch.setitem(methods.METHODS, "solo", solo)
+    pairs = [{"teacher": "resnet14", "student": "resnet8"},
+             {"teacher": "resnet20", "student": "resnet8", "method_params": {"solo": {"k": 2}}}]
+    config = merged_config({"classify": {"methods": ["alone", "kd_soft", "solo"], "pairs": pairs}})
+    validate_config(config, SCHEMA)
+    with pytest.raises(ConfigError, match=r"pairs\[1\]\.method_params\.solo: solo trains resnet8 once"):
+        check_config(config)
+
+
+def test_a_method_with_a_teacher_is_needed():
+    config = merged_config({"classify": {"methods": ["alone", "dml"]}})
+    validate_config(config, SCHEMA)
+    with pytest.raises(ConfigError, match=r"classify\.methods: none of \['alone', 'dml'\] learns from a teacher"):
+        check_config(config)
+
+
+# ---- the plan ------------------------------------------------------------------------------------
+
+
+def test_settings_resolve_registry_then_config_then_pair():
+    config = valid(merged_config({"classify": {"pairs": [
+        {"teacher": "resnet14", "student": "resnet8", "method_params": {"dkd": {"beta": 5}}},
+        {"teacher": "resnet20", "student": "resnet8"}]}}))
+    runs = plan.classify_runs(config)
+    first, second = runs["dkd-resnet8-from-resnet14-s0"], runs["dkd-resnet8-from-resnet20-s0"]
+    # temperature, beta and warm-up from the demo preset, alpha from config.yaml, the first pair's own beta
+    assert first["method_params"] == {"temperature": 2, "alpha": 1, "beta": 5, "warmup": 2}
+    assert second["method_params"] == {"temperature": 2, "alpha": 1, "beta": 2, "warmup": 2}
+    # what the registry alone gives (no config layer sets fitnet's stage)
+    assert runs["fitnet-resnet8-from-resnet14-s0"]["method_params"]["stage"] == methods.get("fitnet").params["stage"].default
+    assert "method_params" not in runs["alone-resnet8-s0"]
+    # methods without a teacher run once per student architecture and seed, shared by the pairs
+    assert {n for n in runs if n.startswith(("alone-", "dml-"))} == {
+        f"{m}-resnet8-s{s}" for m in ("alone", "dml") for s in config["classify"]["seeds"]}
+    assert "teacher" not in runs["dml-resnet8-s0"]
+
+
+def test_registered_method_is_planned(toy_method):
+    config = valid(merged_config({"classify": {"methods": ["alone", "toy_kd"],
+                                               "method_params": {"toy_kd": {"gain": 2.0}}}}))
+    runs = plan.classify_runs(config)
+    toy = runs["toy_kd-resnet8-from-resnet14-s0"]
+    assert toy["method_params"] == {"gain": 2.0} and toy["teacher_run"] == "teacher-resnet14-s0"
+    with pytest.raises(WorkflowError, match="gain"):
+        validate_config(merged_config({"classify": {"method_params": {"toy_kd": {"gain": 0}}}}), SCHEMA)
+
+
+# ---- tables, chart and report from metrics.json files -------------------------------------------
+
+
+def fake_metrics(tmp: Path, method: str, arch: str, seed: int, top1: float, teacher: str = "", **extra) -> Path:
+    spec = None if method == "teacher" else methods.get(method)
+    name = plan.teacher_run(arch, seed) if method == "teacher" else plan.student_run(method, arch, teacher, seed)
+    cfg = {"run": name, "dataset": "cifar100", "dataset_source": "cifar100", "method": method, "arch": arch,
+           "train": {"epochs": 3}}
+    if spec and spec.needs_teacher:
+        cfg["teacher"] = teacher
+    if spec and spec.params:
+        cfg["method_params"] = spec.defaults()
+    m = {"run": name, "seed": seed, "config": cfg, "best": {"epoch": 3, "top1": top1, "top5": top1 + 10},
+         "last": {"epoch": 3, "top1": top1 - 1, "top5": top1 + 9}, "train_images": 100, "params": 1000,
+         "wall_time_s": 1.0, "device": "cpu", "host": "h", "git_commit": "abc", **extra}
+    path = tmp / name / "metrics.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(m))
+    return path
+
+
+@pytest.fixture
+def built_tables(tmp_path, toy_method):
+    """Teacher, alone, toy_kd and dml over 3 seeds on resnet56 -> resnet20, tables built."""
+    from kdpipe.tables.kd import kd_tables
+
+    files = []
+    for seed, (t, a, toy, d1, d2) in enumerate([(72, 60, 62, 61, 59), (73, 61, 63.5, 60, 62), (71, 62, 63, 64, 61)]):
+        files.append(fake_metrics(tmp_path, "teacher", "resnet56", seed, t))
+        files.append(fake_metrics(tmp_path, "alone", "resnet20", seed, a))
+        files.append(fake_metrics(tmp_path, "toy_kd", "resnet20", seed, toy, teacher="resnet56"))
+        files.append(fake_metrics(tmp_path, "dml", "resnet20", seed, d1,
+                                  best_top1_s2={"epoch": 2, "top1_s2": d2, "top5_s2": d2 + 10},
+                                  last={"epoch": 3, "top1": d1 - 1, "top5": d1 + 9, "top1_s2": d2 - 2, "top5_s2": d2 + 8}))
+    out = tmp_path / "tables"
+    out.mkdir()
+    kd_tables(files, runs_csv=out / "kd_runs.csv", summary_csv=out / "kd_summary.csv",
+              headline_json=out / "kd_metrics.json")
+    return out
+
+
+def test_tables_have_a_row_per_method_and_student(built_tables):
+    runs = pd.read_csv(built_tables / "kd_runs.csv")
+    assert len(runs) == 3 * 5  # teacher, alone, toy_kd, and mutual learning's two students
+    s = pd.read_csv(built_tables / "kd_summary.csv").set_index("entry")
+    assert list(s.index) == ["teacher", "alone", "dml", "dml_s2", "toy_kd"]  # registry order (toy_kd added last)
+    assert s.loc["toy_kd", "label"] == "toy distillation" and s.loc["dml_s2", "label"] == "mutual learning (2)"
+    assert s.loc["toy_kd", "best_top1_mean"] == pytest.approx((62 + 63.5 + 63) / 3)
+    # paired over seeds: toy - alone = 2, 2.5, 1 -> mean 1.8333, std 0.7638; better on 3 of 3
+    assert s.loc["toy_kd", "best_top1_diff_mean"] == pytest.approx(11 / 6)
+    assert s.loc["toy_kd", "best_top1_diff_std"] == pytest.approx(0.763763, abs=1e-6)
+    assert s.loc["toy_kd", "best_top1_seeds_better"] == 3
+    assert s.loc["toy_kd", "best_top1_verdict"] == "larger than spread"
+    assert s.loc["toy_kd", "best_top1_t_critical"] == pytest.approx(4.303)
+    # dml - alone = 1, -1, 2: mean 0.667 within its std 1.528
+    assert s.loc["dml", "best_top1_verdict"] == "within spread"
+    # the second student's own best epoch and last epoch
+    assert s.loc["dml_s2", "best_top1_mean"] == pytest.approx((59 + 62 + 61) / 3)
+    assert s.loc["dml_s2", "last_top1_mean"] == pytest.approx((57 + 60 + 59) / 3)
+    # references: published numbers in their own column, only where they exist
+    assert s.loc["toy_kd", "reference_top1"] == 12.34 and s.loc["toy_kd", "reference_source"] == "the toy paper (CIFAR-100)"
+    assert s.loc["teacher", "reference_top1"] == 72.34 and s.loc["alone", "reference_top1"] == 69.06
+    assert pd.isna(s.loc["dml", "reference_top1"])
+    headline = json.loads((built_tables / "kd_metrics.json").read_text())["resnet56-to-resnet20"]
+    assert set(headline) == {"teacher", "alone", "toy_kd", "dml", "dml_s2"}
+
+
+def test_chart_uses_the_registry_colours(built_tables, tmp_path, monkeypatch):
+    from kdpipe.figures import kd as kd_figures
+
+    figures = []
+    monkeypatch.setattr(kd_figures.plt, "close", figures.append)
+    summary = pd.read_csv(built_tables / "kd_summary.csv")
+    kd_figures.kd_accuracy_bars(summary, tmp_path / "bars.png")
+    colours = {matplotlib.colors.to_hex(p.get_facecolor()) for p in figures[0].axes[0].patches}
+    assert {"#a1b2c3", methods.colour("dml"), methods.colour("alone"), methods.colour("teacher")} <= colours
+    labels = [t.get_text() for t in figures[0].axes[0].get_xticklabels()]
+    assert any(label.startswith("toy distillation") for label in labels)
+
+
+def test_report_shows_every_method(built_tables, tmp_path):
+    from matplotlib.backends.backend_pdf import PdfPages
+
+    from kdpipe.figures.kd import kd_figures
+    from kdpipe.report.kd import kd_section
+
+    summary = pd.read_csv(built_tables / "kd_summary.csv")
+    histories = []
+    for run in pd.read_csv(built_tables / "kd_runs.csv")["run"].unique():
+        path = tmp_path / "h" / run / "history.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame({"epoch": [1, 2, 3], "top1": [10, 20, 30], "top1_s2": [11, 21, 31]}).to_csv(path, index=False)
+        histories.append(path)
+    kd_figures(built_tables / "kd_summary.csv", built_tables / "kd_runs.csv", histories, out_dir=tmp_path / "fig")
+    with PdfPages(tmp_path / "kd.pdf") as pdf:
+        kd_section(pdf, summary, tmp_path / "fig")
+    text = "\n".join(p.extract_text() for p in PdfReader(tmp_path / "kd.pdf").pages)
+    flat = " ".join(text.split())
+    lines = text.splitlines()
+    for _, row in summary.iterrows():
+        rows = [line for line in lines if line.startswith(row["label"] + " ")]
+        assert f"{row['best_top1_mean']:.2f}" in rows[0] and f"{row['last_top1_mean']:.2f}" in rows[1], row["entry"]
+    toy = summary.set_index("entry").loc["toy_kd"]
+    assert f"+{toy['best_top1_diff_mean']:.2f} ± {toy['best_top1_diff_std']:.2f} (3/3)" in flat
+    assert "toy distillation beat the student alone: +1.83 points, larger than its spread across seeds" in flat
+    assert "within its spread across seeds" in flat  # mutual learning
+    assert "12.34" in flat and "Reference, not measured here" in flat and "the toy paper" in flat
+    assert "toy distillation: CE + 0·toy at gain=1.5" in flat
+    assert "With 3 seeds that is weak evidence" in flat and "4.30" in flat
+
+
+# ---- the classifier trains every registered method ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    from kdpipe.data.synthetic import prepare_synthetic
+
+    root = tmp_path_factory.mktemp("tiny")
+    prepare_synthetic({"num_train": 80, "num_test": 20, "num_classes": 4, "seed": 0},
+                      train_out=root / "train.pt", test_out=root / "test.pt")
+    return root
+
+
+def train_run(root: Path, method: str, teacher: Path | None = None, params: dict | None = None, epochs: int = 1):
+    from kdpipe.training.run import train
+
+    cfg = {"family": "classify", "dataset": "tiny", "dataset_source": "synthetic", "device": "cpu", "augment": False,
+           "run": f"{method}-s0", "role": "student", "method": method, "arch": "resnet8", "seed": 0,
+           "train": {"epochs": epochs, "batch_size": 40, "lr": 0.05}, "train_subset": None}
+    if params is not None:
+        cfg["method_params"] = params
+    out = root / method
+    out.mkdir(exist_ok=True)
+    metrics = train(cfg, train_path=root / "train.pt", test_path=root / "test.pt", teacher_path=teacher,
+                    model_path=out / "model.pt", metrics_path=out / "metrics.json",
+                    history_path=out / "history.csv", resume_path=out / "resume.pt")
+    return metrics, out
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher(tiny_data):
+    _, out = train_run(tiny_data, "teacher")
+    return out / "model.pt"
+
+
+@pytest.mark.parametrize("method", [m for m in methods.METHODS if m != "alone"])
+def test_every_method_trains_and_serves_a_plain_student(tiny_data, tiny_teacher, method):
+    from kdpipe.training.classify import load_model_file
+
+    spec = methods.get(method)
+    metrics, out = train_run(tiny_data, method, tiny_teacher if spec.needs_teacher else None,
+                             spec.defaults() if spec.params else None, epochs=2)
+    history = pd.read_csv(out / "history.csv")
+    assert len(history) == 2 and history["loss"].notna().all()
+    # model.pt is the student alone: FitNets' regressor and mutual learning's peer are not in it
+    model = load_model_file(out / "model.pt", torch.device("cpu"))
+    saved = torch.load(out / "model.pt", weights_only=True)
+    assert set(saved["state_dict"]) == set(build_model("resnet8", 4).state_dict())
+    assert metrics["params"] == sum(p.numel() for p in model.parameters())
+    assert metrics["students"] == spec.students
+    assert not (out / "resume.pt").exists()
+
+
+def test_mutual_learning_reports_both_students(tiny_data):
+    metrics, out = train_run(tiny_data, "dml", epochs=3)
+    history = pd.read_csv(out / "history.csv")
+    assert {"ce", "kl", "ce_s2", "kl_s2", "top1", "top1_s2", "top5_s2"} <= set(history.columns)
+    best2 = metrics["best_top1_s2"]
+    assert best2["top1_s2"] == history["top1_s2"].max() and best2["epoch"] == int(history.loc[history["top1_s2"].idxmax(), "epoch"])
+    assert "top1_s2" in metrics["last"]
+    assert (history["ce"] != history["ce_s2"]).any()  # two students, initialised differently
+
+
+def test_dkd_warmup_follows_the_training_loop_epoch(tiny_data, tiny_teacher):
+    """The loop tells the family its epoch; DKD's logged terms are unweighted, so its total is
+    ce + w (alpha tckd + beta nckd) only with the right w per epoch (checked on epoch means)."""
+    metrics, out = train_run(tiny_data, "dkd", tiny_teacher, {"temperature": 4, "alpha": 1.0, "beta": 8.0, "warmup": 2},
+                             epochs=3)
+    h = pd.read_csv(out / "history.csv")
+    for _, row in h.iterrows():
+        w = min(row["epoch"] / 2, 1.0)
+        assert row["loss"] == pytest.approx(row["ce"] + w * (row["tckd"] + 8 * row["nckd"]), rel=1e-4)
