@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from snakemake.utils import validate
+from kdpipe.config_schema import validate_config as validate  # the YAML schema plus the method registry's part
 
 from kdpipe import plan
 from kdpipe.models import build_model
@@ -315,9 +315,11 @@ def test_jobs_table_and_appendix_show_precision_and_graphs(tmp_path):
 
 
 class EpochWeighted(Classifier):
-    """A loss that reads the epoch as a Python number (as a DKD warm-up weight would)."""
+    """A loss that reads the epoch as a Python number (as a DKD warm-up weight would), and does not
+    say what of it matters (no graph_key): the step can only capture again every epoch."""
 
     epoch = 0
+    graph_key = None
 
     def loss(self, batch):
         total, terms = super().loss(batch)

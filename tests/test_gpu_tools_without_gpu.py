@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from snakemake.utils import validate
+from kdpipe.config_schema import validate_config as validate  # the YAML schema plus the method registry's part
 
 from kdpipe import plan, schedule
 
@@ -52,7 +52,7 @@ def test_gpu_smoke_preset_is_a_valid_config_with_teachers_first():
                                     else vv) for kk, vv in v.items()}} if isinstance(v, dict) and k in cfg else v
     validate(cfg, str(ROOT / "workflow" / "schemas" / "config.schema.yaml"))
     runs = plan.training_runs(cfg)
-    assert len(runs) == 14 and all(r["seed"] == 0 for r in runs.values())
+    assert len(runs) == 22 and all(r["seed"] == 0 for r in runs.values())  # 2 x (teacher + 7 methods), 2 BYOT, 4 AE
     assert cfg["classify"]["teacher_train"]["lr"] == 0.05  # the overlay shortened the schedule, kept the recipe
     prio = schedule.train_priorities(cfg, runs)
     teachers = [k for k, r in runs.items() if r.get("role") == "teacher"]

@@ -372,3 +372,13 @@ def test_dkd_warmup_follows_the_training_loop_epoch(tiny_data, tiny_teacher):
     for _, row in h.iterrows():
         w = min(row["epoch"] / 2, 1.0)
         assert row["loss"] == pytest.approx(row["ce"] + w * (row["tckd"] + 8 * row["nckd"]), rel=1e-4)
+
+
+def test_only_an_epoch_dependent_loss_makes_a_graphed_step_capture_again():
+    """A CUDA-graphed step captures again when a family's graph_key changes (kdpipe.training.graphs):
+    for DKD that is its warm-up weight, which changes for `warmup` epochs and then stays 1."""
+    dkd = methods.get("dkd")
+    keys = [dkd.epoch_key(e, {"warmup": 4}) for e in range(8)]
+    assert keys == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0]
+    assert dkd.epoch_key(0, {"warmup": 0}) == 1.0
+    assert [n for n, m in methods.METHODS.items() if m.epoch_key is not None] == ["dkd"]

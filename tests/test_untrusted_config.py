@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from snakemake.utils import validate
+from kdpipe.config_schema import validate_config as validate  # the YAML schema plus the method registry's part
 
 from config_check import DEMO, SCHEMA, merged, refusal
 from kdpipe.config_checks import check_config

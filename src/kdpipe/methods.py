@@ -61,6 +61,9 @@ class Method:
     params: dict[str, Param] = field(default_factory=dict)
     students: int = 1  # students one run trains together (mutual learning: 2)
     extra_modules: Callable | None = None  # (student shapes, teacher shapes, params) -> {name: nn.Module}
+    # What of the (0-based) epoch its loss reads, as a function (epoch, params) -> value; None when
+    # the loss does not depend on the epoch. A CUDA-graphed step captures again when it changes.
+    epoch_key: Callable[[int, dict], Any] | None = None
     references: dict = field(default_factory=dict)  # (teacher, student) -> published CIFAR-100 top-1 %
     reference_source: str = ""
 
@@ -94,9 +97,13 @@ def _fitnet_step(o: Forward, p: dict):
     return _losses().fitnet(o.logits, o.targets, o.modules["regressor"](o.features[i]), o.teacher_features[i], p["beta"])
 
 
-def _dkd_step(o: Forward, p: dict):
+def _dkd_warmup(epoch: int, p: dict) -> float:
     # mdistiller counts epochs from 1: w = min(epoch / warmup, 1) reaches 1 at epoch `warmup`.
-    w = min((o.epoch + 1) / p["warmup"], 1.0) if p["warmup"] > 0 else 1.0
+    return min((epoch + 1) / p["warmup"], 1.0) if p["warmup"] > 0 else 1.0
+
+
+def _dkd_step(o: Forward, p: dict):
+    w = _dkd_warmup(o.epoch, p)
     return _losses().dkd(o.logits, o.teacher_logits, o.targets, p["temperature"], p["alpha"], p["beta"], warmup_weight=w)
 
 
@@ -126,7 +133,7 @@ METHODS: dict[str, Method] = {m.name: m for m in [
         params={"alpha": Param(0.9, UNIT, "weight of CE with the teacher's argmax; 1.0 = teacher labels only")}),
     Method(
         "dkd", "DKD", "#9467bd", "CE + w·(a·TCKD + b·NCKD), w = min(epoch / warmup, 1)",
-        loss="dkd", needs_teacher=True, step=_dkd_step,
+        loss="dkd", needs_teacher=True, step=_dkd_step, epoch_key=_dkd_warmup,
         params={"temperature": Param(4, TEMPERATURE, "T of both KL terms (each scaled by T²)"),
                 "alpha": Param(1.0, WEIGHT, "weight of TCKD (target vs rest)"),
                 "beta": Param(8.0, WEIGHT, "weight of NCKD (among the non-target classes)"),

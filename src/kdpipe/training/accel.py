@@ -122,6 +122,17 @@ def to_float32(value):
     return value
 
 
+def _networks(family) -> list[nn.Module]:
+    """The family's networks whose outputs a loss reads: its module attributes, and modules in list
+    attributes (mutual learning's peers), each once."""
+    found = {}
+    for value in vars(family).values():
+        for m in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(m, nn.Module):
+                found[id(m)] = m
+    return list(found.values())
+
+
 @contextmanager
 def float32_outputs(family, accel: Accel):
     """Under bf16, every network of the family (model, teacher) hands float32 outputs to the loss.
@@ -133,8 +144,7 @@ def float32_outputs(family, accel: Accel):
     if accel.precision != "bf16":
         yield
         return
-    handles = [m.register_forward_hook(lambda _m, _args, out: to_float32(out))
-               for m in {id(m): m for m in vars(family).values() if isinstance(m, nn.Module)}.values()]
+    handles = [m.register_forward_hook(lambda _m, _args, out: to_float32(out)) for m in _networks(family)]
     try:
         yield
     finally:

@@ -95,6 +95,12 @@ class Classifier:
         self.test_x, self.test_y = test[0].to(device), test[1].to(device)
         self.mean, self.std = channel_stats(train[0] if stats_from is None else stats_from, device)
 
+    def graph_key(self):
+        """What of the epoch the loss reads (DKD's warm-up weight; None for most methods): a
+        CUDA-graphed step captures again only when this changes (kdpipe.training.graphs)."""
+        spec = self.spec
+        return spec.epoch_key(self.epoch, self.kd) if spec is not None and spec.epoch_key else None
+
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
 

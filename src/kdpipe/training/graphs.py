@@ -289,8 +289,9 @@ class GraphedStep:
 
 def graph_state(family):
     """What, besides the lr, a family's captured loss depends on (see the module doc)."""
-    if hasattr(family, "graph_key"):
-        return family.graph_key()
+    key = getattr(family, "graph_key", None)
+    if callable(key):
+        return key()
     return getattr(family, "epoch", None)
 
 

@@ -159,12 +159,10 @@ def _epochs(family, recipe, step, optimizer, outcome, *, start, seed, device, fp
     quiet = not sys.stderr.isatty()
     for epoch in range(start, recipe.epochs):
         t0 = time.perf_counter()
-        if hasattr(family, "epoch"):  # a loss that depends on the epoch (DKD's warm-up) reads it
-            family.epoch = epoch
         lr = recipe.lr_at(epoch)
         step.set_lr(lr)
         if hasattr(family, "epoch"):
-            family.epoch = epoch  # a loss that depends on the epoch (a warm-up weight) reads it
+            family.epoch = epoch  # a loss that depends on the epoch (DKD's warm-up weight) reads it
         step.set_state(graph_state(family))  # a graphed step captures again when that changes
         model.train()
         sums: dict[str, torch.Tensor] = {}
