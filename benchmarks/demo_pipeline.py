@@ -11,6 +11,7 @@ cores were, and when each training job started and finished (from its metrics.js
 """
 
 import argparse
+import shutil
 import json
 import subprocess
 import sys
@@ -45,6 +46,14 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder and print its path")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="kdpipe-bench-"))
+    try:
+        return run_demo(tmp, args)
+    finally:
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run_demo(tmp: Path, args) -> int:
     workdir = copy_workflow(tmp / "demo")
     t0 = time.perf_counter()
     started = time.time()

@@ -13,16 +13,8 @@ from itertools import combinations
 import pytest
 
 from kdpipe import devices
+from test_multi_gpu import most_at_once
 from kdpipe.devices import JOBS_PER_GPU_ENV, SIMULATED_ENV, claim_slot, jobs_per_gpu, lock_name, placement
-
-
-def most_at_once(spans) -> int:
-    events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])  # an end before a start at a tie
-    running = peak = 0
-    for _, step in events:
-        running += step
-        peak = max(peak, running)
-    return peak
 
 
 def check(holds: list[dict], gpus: list[str], slots: int) -> None:
