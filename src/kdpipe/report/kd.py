@@ -77,12 +77,12 @@ def caveat(summary: pd.DataFrame) -> str:
     n = int(summary["seeds"].min())
     if n < 2:
         return "One seed per run: there is no spread across seeds, so no difference here can be told from noise."
-    from kdpipe.tables.kd import T_CRITICAL_5
+    from kdpipe.tables.kd import t_critical
 
     return (f"How little this proves: each difference is paired by seed (same data order and same initial student "
             f"as the student alone of that seed), and 'larger than its spread' means |mean| > std of the per-seed "
             f"differences. With {n} seeds that is weak evidence: a paired t-test at the 5% level would need "
-            f"|mean| / (std / √{n}) > {T_CRITICAL_5.get(n - 1, 1.96):.2f}.")
+            f"|mean| / (std / √{n}) > {t_critical(n):.2f}.")
 
 
 def kd_section(pdf, summary: pd.DataFrame, figures_dir: Path) -> None:

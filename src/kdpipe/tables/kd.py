@@ -14,9 +14,21 @@ from kdpipe.tables import headline, seed_stats, write_tables
 
 FIGURES = ["best_top1", "last_top1", "best_top5", "last_top5"]
 # Two-sided 5% critical values of Student's t by degrees of freedom (seeds - 1): what a paired
-# t-test over seeds would need |mean| / (std / sqrt(n)) to exceed.
+# t-test over seeds would need |mean| / (std / sqrt(n)) to exceed (standard t tables).
 T_CRITICAL_5 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
-                10: 2.228}
+                10: 2.228, 11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110,
+                18: 2.101, 19: 2.093, 20: 2.086, 25: 2.060, 30: 2.042}
+
+
+def t_critical(seeds: int) -> float:
+    """The 5% two-sided critical t of a paired test over ``seeds`` seeds (NaN below two seeds); between
+    tabulated degrees of freedom the next smaller one's (a little strict), beyond 30 the normal 1.96."""
+    dof = seeds - 1
+    if dof < 1:
+        return float("nan")
+    if dof > max(T_CRITICAL_5):
+        return 1.96
+    return T_CRITICAL_5[max(k for k in T_CRITICAL_5 if k <= dof)]
 
 
 def entry_name(method: str, member: int) -> str:
@@ -96,7 +108,7 @@ def paired_difference(g: pd.DataFrame, alone: pd.DataFrame, figure: str) -> dict
         verdict = "within spread"
     return {f"{figure}_diff_mean": mean, f"{figure}_diff_std": std, f"{figure}_paired_seeds": n,
             f"{figure}_seeds_better": int((d > 0).sum()), f"{figure}_paired_t": t,
-            f"{figure}_t_critical": T_CRITICAL_5.get(n - 1, 1.96) if n > 1 else float("nan"),
+            f"{figure}_t_critical": t_critical(n),
             f"{figure}_verdict": verdict}
 
 
