@@ -50,26 +50,23 @@ def methods_table(summary: pd.DataFrame, when: str) -> tuple[list[str], list[lis
 
 
 def verdicts(rows: pd.DataFrame) -> str:
-    """One plain sentence per method of a pair: the paired difference at the best epoch, and whether it
-    is larger than its spread across seeds."""
+    """One plain sentence per method of a pair's rows: the paired difference at the best epoch, and
+    whether it is larger than its spread across seeds."""
     lines = []
-    for pair, rows in rows.groupby("pair", sort=False):
-        said = []
-        for _, r in rows.iterrows():
-            if not _num(r.get("best_top1_diff_mean")):
-                continue
-            n = int(r["best_top1_paired_seeds"])
-            diff = r["best_top1_diff_mean"]
-            word = "beat" if diff > 0 else "did NOT beat"
-            if r["best_top1_verdict"] == "larger than spread":
-                how = f"larger than its spread across seeds (± {r['best_top1_diff_std']:.2f})"
-            elif r["best_top1_verdict"] == "within spread":
-                how = f"within its spread across seeds (± {r['best_top1_diff_std']:.2f})"
-            else:
-                how = "one seed, no spread to compare with"
-            said.append(f"{r['label']} {word} the student alone: {diff:+.2f} points, {how}; better on "
-                        f"{int(r['best_top1_seeds_better'])} of {n} seeds.")
-        lines += said
+    for _, r in rows.iterrows():
+        if not _num(r.get("best_top1_diff_mean")):
+            continue
+        n = int(r["best_top1_paired_seeds"])
+        diff = r["best_top1_diff_mean"]
+        word = "beat" if diff > 0 else "did NOT beat"
+        if r["best_top1_verdict"] == "larger than spread":
+            how = f"larger than its spread across seeds (± {r['best_top1_diff_std']:.2f})"
+        elif r["best_top1_verdict"] == "within spread":
+            how = f"within its spread across seeds (± {r['best_top1_diff_std']:.2f})"
+        else:
+            how = "one seed, no spread to compare with"
+        lines.append(f"{r['label']} {word} the student alone: {diff:+.2f} points, {how}; better on "
+                     f"{int(r['best_top1_seeds_better'])} of {n} seeds.")
     return "\n".join(lines)
 
 

@@ -147,10 +147,11 @@ def fit(
     with accel_mod.float32_outputs(family, acc):
         _epochs(family, recipe, step, optimizer, outcome, start=start, seed=seed, device=device, fp=fp,
                 resume_path=resume_path, desc=desc, autocast=autocast)
-    outcome.settings = {**acc.as_metrics(), "cuda_graphs": step.kind == "graphs" and not getattr(step, "failed", None),
+    failed = getattr(step, "failed", None)  # a graphed step that fell back to eager steps says why
+    outcome.settings = {**acc.as_metrics(), "cuda_graphs": step.kind == "graphs" and not failed,
                         "graph_captures": step.captures}
-    if getattr(step, "failed", None):
-        outcome.settings["cuda_graphs_error"] = step.failed
+    if failed:
+        outcome.settings["cuda_graphs_error"] = failed
     return outcome
 
 
