@@ -51,6 +51,10 @@ def cmd_prepare_cityscapes(a):
 
 
 def cmd_train(a):
+    from kdpipe.run_config import validate_run_config
+
+    # A run config written by hand reaches the trainer directly: refuse a bad one before any work.
+    validate_run_config(a.run_config, teacher_given=a.teacher is not None)
     from kdpipe.training.run import train
 
     m = train(
@@ -110,15 +114,35 @@ def cmd_report(a):
     build_report(out=a.out, name=a.name, tables_dir=a.tables, figures_dir=a.figures)
 
 
-def cmd_dvc_yaml(a):
-    from kdpipe.dvc_stages import render
+def _schema_error_line(message: str) -> str:
+    """Snakemake's multi-line schema message ("Error validating config file." ... "On instance[...]")
+    as one line: the problem and the key."""
+    lines = message.splitlines()
+    problem = next((ln.removeprefix("ValidationError: ") for ln in lines if ln.startswith("ValidationError: ")), None)
+    where = next((ln.removeprefix("On ").rstrip(":") for ln in lines if ln.startswith("On instance")), None)
+    if problem is None or where is None:
+        return " ".join(ln.strip() for ln in lines if ln.strip())
+    return f"{lines[0].rstrip('.')}: {where}: {problem}"
 
-    text = render(Path.cwd(), a.configfile)
+
+def cmd_dvc_yaml(a):
+    from snakemake.exceptions import WorkflowError
+
+    from kdpipe.config_checks import ConfigError
+    from kdpipe.dvc_stages import regenerate_command, render
+
+    files = " + ".join(["config.yaml", *a.configfile])
+    try:
+        text = render(Path.cwd(), a.configfile)
+    except ConfigError as err:
+        sys.exit(f"kdpipe: {files}: {err}")
+    except WorkflowError as err:  # the schema refused the config
+        sys.exit(f"kdpipe: {files}: {_schema_error_line(str(err))}")
     if a.check:
         current = Path(a.out).read_text() if Path(a.out).exists() else ""
         if current != text:
-            args = "".join(f" --configfile {f}" for f in a.configfile)
-            sys.exit(f"kdpipe: {a.out} does not match the workflow; regenerate it with `kdpipe dvc-yaml{args}`")
+            sys.exit(f"kdpipe: {a.out} does not match the workflow; regenerate it with "
+                     f"`{regenerate_command(a.configfile)}`")
         print(f"{a.out} matches the workflow")
         return
     Path(a.out).write_text(text)

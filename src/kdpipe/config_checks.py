@@ -1,12 +1,15 @@
 """Config checks that JSON schema cannot express, run right after the schema validated the config.
 
-Each check is a small function of the whole (validated) config that raises ``ConfigError``
+``bounded_and_finite`` runs first, before the schema too: a config that expands past a size
+budget (YAML aliases) or holds a NaN or an infinity is refused naming the key path.
+Each other check is a small function of the whole (validated) config that raises ``ConfigError``
 naming the key path, the value and what to do; ``CHECKS`` lists them in order (later checks may
 rely on earlier ones: a training run's data set exists before its size is looked up). The
 workflow calls ``check_config`` while loading (workflow/rules/common.smk), so a config that fails
 stops the run before any job starts. Kept free of heavy imports: Snakemake imports it on every load.
 """
 
+import math
 import re
 
 from kdpipe import methods, plan
@@ -22,6 +25,51 @@ RUN_NAME_MAX = 160
 
 class ConfigError(ValueError):
     """The config asks for something the pipeline cannot do; the message names the key and value."""
+
+
+# A kdpipe config holds a few hundred values. YAML aliases (*name) repeat what their anchor
+# (&name) holds wherever they appear, so a small file can expand to billions of values; these
+# bounds refuse that before the schema (whose messages print the whole expanded config) sees it.
+MAX_NODES = 100_000
+MAX_DEPTH = 32
+
+
+def key_path(path: tuple) -> str:
+    """``("classify", "pairs", 0, "alpha")`` as ``classify.pairs[0].alpha``."""
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _yaml_word(x: float) -> str:
+    return ".nan" if math.isnan(x) else (".inf" if x > 0 else "-.inf")
+
+
+def bounded_and_finite(config, what: str = "config") -> None:
+    """Refuse ``config`` when it expands past MAX_NODES values or MAX_DEPTH levels, or holds a
+    NaN or an infinity, naming the key path. Every appearance of a shared (aliased) object counts,
+    and the walk stops at the first problem: bounded time and memory, whatever the input."""
+    count = 0
+    stack = [(config, ())]
+    while stack:
+        node, path = stack.pop()
+        if not isinstance(node, (dict, list, tuple)):
+            # JSON-schema ranges compare false for NaN, and an infinity passes every minimum.
+            if isinstance(node, float) and not math.isfinite(node):
+                raise ConfigError(f"{key_path(path)[:200]}: {_yaml_word(node)} is not a finite number; "
+                                  "give a finite value")
+            continue
+        if len(path) >= MAX_DEPTH:
+            raise ConfigError(f"{what} nests deeper than {MAX_DEPTH} levels at {key_path(path)[:200]}: a kdpipe config "
+                              "is a few levels deep; remove the nesting (or the YAML alias that refers to itself)")
+        count += len(node)
+        if count > MAX_NODES:
+            raise ConfigError(f"{what} expands to more than {MAX_NODES} values (at {key_path(path)[:200]}): a kdpipe "
+                              "config holds a few hundred; YAML aliases (*name) repeat what their anchor holds "
+                              "wherever they appear, so remove the aliases that multiply it")
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        stack.extend(reversed([(v, (*path, k)) for k, v in items]))  # document order: the first problem is named
 
 
 def _trainers(config: dict):
@@ -161,5 +209,6 @@ CHECKS = [
 
 def check_config(config: dict) -> None:
     """Run every check on a schema-validated config; raise ConfigError at the first that fails."""
+    bounded_and_finite(config)  # run before the schema too (config_schema.validate_config, common.smk)
     for check in CHECKS:
         check(config)

@@ -38,8 +38,12 @@ def schema_file(path):
 
 def validate_config(config: dict, path) -> None:
     """Validate (and fill the schema's defaults into) ``config`` as Snakemake does; raises
-    Snakemake's WorkflowError("Error validating config file.", ...) naming the key."""
+    Snakemake's WorkflowError("Error validating config file.", ...) naming the key, or first
+    ConfigError for a config past the size budget or holding a non-finite number (as common.smk)."""
     from snakemake.utils import validate
 
+    from kdpipe.config_checks import bounded_and_finite
+
+    bounded_and_finite(config)  # before the schema: its messages print the whole (expanded) config
     with schema_file(path) as merged:
         validate(config, merged)

@@ -10,6 +10,7 @@ because Snakemake decides, job by job, which of them a change really invalidates
 """
 
 import ast
+import shlex
 from pathlib import Path
 
 import yaml
@@ -121,9 +122,28 @@ def _persist(paths) -> list[dict]:
     return [{p: {"persist": True}} for p in paths]
 
 
+def stage_argv(targets: list[str], configfiles: list[str]) -> list[str]:
+    """The Snakemake command line a stage runs, one word per item."""
+    return ["snakemake", *targets, "--cores", "all", *(["--configfile", *configfiles] if configfiles else [])]
+
+
+def command_line(argv: list[str]) -> str:
+    """``argv`` as one shell command: DVC runs a stage's cmd through a shell, so every word is quoted
+    (a config file named `exp;touch x;.yaml` stays one word, a path with a space too)."""
+    return " ".join(shlex.quote(word) for word in argv)
+
+
+def check_configfile_names(configfiles: list[str]) -> None:
+    """A config file's name goes into dvc.yaml's comment line and commands: no control characters."""
+    for f in configfiles:
+        if any(ord(c) < 32 or ord(c) == 127 for c in f):
+            raise config_checks.ConfigError(f"--configfile {f!r}: a config file name with a control character (a "
+                                            "newline, a tab) cannot go into dvc.yaml; rename the file")
+
+
 def _stage(kind: str, desc: str, targets: list[str], configfiles: list[str], deps: list[str], params: list[dict],
            outs: list[str], src: Path) -> dict:
-    cmd = " ".join(["snakemake", *targets, "--cores", "all", *(["--configfile", *configfiles] if configfiles else [])])
+    cmd = command_line(stage_argv(targets, configfiles))
     all_deps = [*code_deps(src, ENTRY_MODULES[kind]), f"workflow/rules/{RULE_FILES[kind]}", *SHARED_WORKFLOW_FILES, *deps]
     stage = {"desc": desc, "cmd": cmd, "deps": list(dict.fromkeys(all_deps))}  # each once, in order
     if params:
@@ -135,6 +155,7 @@ def _stage(kind: str, desc: str, targets: list[str], configfiles: list[str], dep
 
 def dvc_pipeline(root: Path, configfiles: list[str]) -> dict:
     """The dvc.yaml content for the config made of config.yaml and ``configfiles`` (overlays)."""
+    check_configfile_names(configfiles)
     config, raw = load_config(root, configfiles)
     src = root / "src"
     runs = plan.training_runs(config)
@@ -197,7 +218,12 @@ def dvc_pipeline(root: Path, configfiles: list[str]) -> dict:
     return {"stages": stages, "metrics": HEADLINE_METRICS, "plots": plots}
 
 
+def regenerate_command(configfiles: list[str]) -> str:
+    """The `kdpipe dvc-yaml` command line that writes dvc.yaml for these overlays (quoted)."""
+    return command_line(["kdpipe", "dvc-yaml", *(["--configfile", *configfiles] if configfiles else [])])
+
+
 def render(root: Path, configfiles: list[str]) -> str:
-    args = "".join(f" --configfile {f}" for f in configfiles)
+    args = regenerate_command(configfiles)[len("kdpipe dvc-yaml"):]
     body = yaml.safe_dump(dvc_pipeline(root, configfiles), sort_keys=False, width=120, allow_unicode=True)
     return HEADER.format(args=args) + body

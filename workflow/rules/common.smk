@@ -10,6 +10,14 @@ from snakemake.utils import validate
 from kdpipe import config_checks, dvc_sync, plan
 from kdpipe.config_schema import schema_file
 
+# First a budgeted walk: a config that YAML aliases expand past a size budget, or that holds a
+# NaN or an infinity (which every schema range lets through), is refused naming the key, before
+# the schema, whose message would print the whole expanded config.
+try:
+    config_checks.bounded_and_finite(config)
+except config_checks.ConfigError as err:
+    raise WorkflowError(f"Error in the config: {err}") from None
+
 # Stops the run, naming the offending key, before any job starts. The schema file plus what the
 # method registry generates (classify.methods, method_params): see kdpipe.config_schema.
 with schema_file(os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml")) as merged_schema:
