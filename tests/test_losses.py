@@ -312,6 +312,42 @@ def test_attention_is_batch_and_position_mean_like_repdistiller():
     assert close(terms["at1"], ref, tol=1e-7)
 
 
+def test_unequal_attention_maps_pool_by_an_integer_kernel_like_adaptive_pooling():
+    """Student maps twice (or four times) the teacher's size: avg_pool2d with kernel = stride = ratio,
+    the same values and gradients as adaptive pooling, which has no deterministic CUDA backward."""
+    # By hand: a 4x4 map of one channel pooled 2x2 -> the four block means.
+    f = torch.arange(16.0).view(1, 1, 4, 4)
+    pooled, same = losses.pool_to_match(f, torch.zeros(1, 1, 2, 2))
+    assert pooled.flatten().tolist() == [2.5, 4.5, 10.5, 12.5] and same.shape == (1, 1, 2, 2)
+    g = torch.Generator().manual_seed(0)
+    for s_size, t_size in ((8, 4), (4, 8), (8, 2), (6, 6)):
+        f_s = torch.randn(2, 3, s_size, s_size, generator=g, dtype=torch.float64, requires_grad=True)
+        f_t = torch.randn(2, 5, t_size, t_size, generator=g, dtype=torch.float64)
+        logits, y = torch.zeros(2, 3, dtype=torch.float64), torch.tensor([0, 1])
+        total, terms = losses.attention(logits, y, [f_s], [f_t], beta=1.0)
+        (grad,) = torch.autograd.grad(total, f_s)
+        size = min(s_size, t_size)
+        ref_s = torch.nn.functional.adaptive_avg_pool2d(f_s, size)
+        ref_t = torch.nn.functional.adaptive_avg_pool2d(f_t, size)
+        ref = (losses.attention_map(ref_s) - losses.attention_map(ref_t)).pow(2).mean()
+        (ref_grad,) = torch.autograd.grad(ref, f_s)
+        assert close(terms["at1"], ref, tol=1e-12) and torch.allclose(grad, ref_grad, rtol=0, atol=1e-12)
+
+
+def test_attention_maps_of_sizes_that_do_not_divide_are_refused():
+    assert losses.pooling_factors((8, 8), (4, 4)) == ((2, 2), (1, 1))
+    assert losses.pooling_factors((3, 6), (6, 3)) == ((1, 2), (2, 1))
+    assert losses.pooling_factors((6, 6), (4, 4)) is None
+    with pytest.raises(ValueError, match=r"\(6, 6\) and \(4, 4\) positions: the larger is not a multiple"):
+        losses.attention(torch.zeros(1, 3), torch.tensor([0]), [torch.ones(1, 2, 6, 6)], [torch.ones(1, 2, 4, 4)], 1.0)
+
+
+def test_non_target_is_a_gather_in_class_order():
+    logits = torch.tensor([[0.0, 1.0, 2.0, 3.0], [10.0, 11.0, 12.0, 13.0], [20.0, 21.0, 22.0, 23.0]])
+    got = losses._non_target(logits, torch.tensor([0, 2, 3]))
+    assert got.tolist() == [[1.0, 2.0, 3.0], [10.0, 11.0, 13.0], [20.0, 21.0, 22.0]]
+
+
 def test_dml_values_by_hand():
     z1, z2, y = tensors()
     total, terms = losses.dml([z1, z2], y)

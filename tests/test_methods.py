@@ -381,4 +381,66 @@ def test_only_an_epoch_dependent_loss_makes_a_graphed_step_capture_again():
     keys = [dkd.epoch_key(e, {"warmup": 4}) for e in range(8)]
     assert keys == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0]
     assert dkd.epoch_key(0, {"warmup": 0}) == 1.0
-    assert [n for n, m in methods.METHODS.items() if m.epoch_key is not None] == ["dkd"]
+    # The others say they read no epoch (tests/test_capturable.py holds every method to its claim).
+    assert [n for n, m in methods.METHODS.items() if m.epoch_key is not methods.epoch_independent] == ["dkd"]
+
+
+def test_a_method_that_declares_nothing_is_captured_again_every_epoch(toy_method):
+    """Safe by default: without an epoch_key the classifier's graph key is the epoch itself; the
+    teacher's cross-entropy reads none, and an epoch_key is asked with the run's settings."""
+    from kdpipe.training.classify import Classifier
+
+    data = (torch.zeros(4, 3, 8, 8, dtype=torch.uint8), torch.arange(4))
+    teacher = build_model("resnet8", 4)
+
+    def key_at(method, epoch, kd=None):
+        family = Classifier(build_model("resnet8", 4), data, data, method=method, batch_size=4, kd=kd,
+                            teacher=teacher if method != "teacher" else None, device=torch.device("cpu"))
+        family.epoch = epoch
+        return family.graph_key()
+
+    assert toy_method.epoch_key is None
+    assert [key_at("toy_kd", e) for e in (0, 1, 7)] == [0, 1, 7]
+    assert [key_at("teacher", e) for e in (0, 1)] == [None, None]
+    assert [key_at("kd_soft", e) for e in (0, 1)] == [None, None]
+    assert [key_at("dkd", e, {"warmup": 2}) for e in (0, 1, 2, 3)] == [0.5, 1.0, 1.0, 1.0]
+
+
+def _stem(stride: int, padding: int):
+    """resnet8 with another stem: its stage maps are another size than resnet8's on the same images."""
+    def factory(num_classes):
+        model = build_model("resnet8", num_classes)
+        model.conv1 = torch.nn.Conv2d(3, 16, kernel_size=3, stride=stride, padding=padding, bias=False)
+        return model
+    return factory
+
+
+def test_attention_transfer_pairs_only_maps_that_pool_by_integer_factors(monkeypatch, tmp_path):
+    """On 8x8 images resnet8's stages are 8, 4, 2 wide: a student at 4, 2, 1 is pooled (kernel 2);
+    one at 6, 3, 2 is refused when the family is built, in one line naming the pair."""
+    from kdpipe import models
+    from kdpipe.errors import InputError, PairError
+    from kdpipe.training.classify import make_classifier
+
+    monkeypatch.setitem(models.ARCHITECTURES, "half8", _stem(2, 1))
+    monkeypatch.setitem(models.ARCHITECTURES, "crop8", _stem(1, 0))
+    teacher = tmp_path / "teacher.pt"
+    torch.save({"arch": "resnet8", "num_classes": 4, "state_dict": build_model("resnet8", 4).state_dict()}, teacher)
+    split = {"images": torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8), "labels": torch.arange(4),
+             "classes": ["a", "b", "c", "d"]}
+
+    def build(student):
+        cfg = {"arch": student, "teacher": "resnet8", "method": "at", "method_params": methods.get("at").defaults(),
+               "train": {"batch_size": 4}, "augment": False, "train_subset": None, "seed": 0}
+        return make_classifier(cfg, split, split, torch.device("cpu"), teacher)[0]
+
+    family = build("half8")
+    _, terms = family.loss(next(iter(family.train_batches(torch.Generator().manual_seed(0)))))
+    assert set(terms) == {"ce", "at1", "at2", "at3"} and all(torch.isfinite(t) for t in terms.values())
+    with pytest.raises(PairError) as err:
+        build("crop8")
+    assert isinstance(err.value, InputError)  # the command line prints it as `kdpipe: <message>`
+    assert str(err.value) == (
+        "method 'at' cannot pair teacher resnet8 with student crop8: stage 1 maps are 6x6 (student) and 8x8 "
+        "(teacher), and attention transfer pools the larger by an integer factor only; drop this pair from "
+        "classify.pairs or at from classify.methods")

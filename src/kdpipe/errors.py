@@ -16,3 +16,7 @@ class ArchiveError(InputError):
 
 class ModelFileError(InputError):
     """A model.pt that kdpipe cannot load safely (not written by kdpipe, or damaged)."""
+
+
+class PairError(InputError):
+    """A teacher and student that a method cannot pair (found when the job builds both models)."""

@@ -128,9 +128,13 @@ def ae_pair(
 
 
 def _non_target(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Each row's logits without its target class: (N, C) -> (N, C - 1), order kept."""
-    keep = torch.ones_like(logits, dtype=torch.bool).scatter_(1, targets[:, None], False)
-    return logits[keep].view(logits.shape[0], logits.shape[1] - 1)
+    """Each row's logits without its target class: (N, C) -> (N, C - 1), order kept.
+
+    A gather, not a boolean mask: column j of the result is class j + (j >= target), so the shape
+    never depends on the data (a mask calls nonzero, which waits on the GPU and cannot be captured).
+    """
+    j = torch.arange(logits.shape[1] - 1, device=logits.device)[None, :]
+    return logits.gather(1, j + (j >= targets[:, None]).long())
 
 
 def _binary_log_probs(logits: torch.Tensor, targets: torch.Tensor, t: float) -> torch.Tensor:
@@ -190,6 +194,38 @@ def fitnet(
     return ce + beta * hint, {"ce": ce, "hint": hint}
 
 
+def pooling_factors(size_a: tuple[int, ...], size_b: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """Integer average-pooling kernels (one per spatial dim) that bring maps of these spatial sizes to
+    the smaller of each dim; None when a larger size is not a multiple of the smaller one."""
+    kernels_a, kernels_b = [], []
+    for a, b in zip(size_a, size_b):
+        small = min(a, b)
+        if a % small or b % small:
+            return None
+        kernels_a.append(a // small)
+        kernels_b.append(b // small)
+    return tuple(kernels_a), tuple(kernels_b)
+
+
+def pool_to_match(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two (N, C, H, W) maps average-pooled to the same H, W with kernel = stride = the size ratio.
+
+    Where the sizes divide, this is what adaptive pooling gives, but its backward has a deterministic
+    CUDA kernel (adaptive pooling's has none). Sizes that do not divide are refused; the classifier
+    family refuses such a pair when it is built (``Method.check_pair``).
+    """
+    factors = pooling_factors(tuple(a.shape[2:]), tuple(b.shape[2:]))
+    if factors is None:
+        raise ValueError(f"maps of {tuple(a.shape[2:])} and {tuple(b.shape[2:])} positions: the larger is not "
+                         "a multiple of the smaller, so they cannot be pooled to one size by an integer factor")
+    ka, kb = factors
+    if any(k > 1 for k in ka):
+        a = F.avg_pool2d(a, ka)
+    if any(k > 1 for k in kb):
+        b = F.avg_pool2d(b, kb)
+    return a, b
+
+
 def attention_map(feature: torch.Tensor, p: float = 2.0) -> torch.Tensor:
     """Zagoruyko & Komodakis' spatial attention: mean over channels of f^p, flattened per sample and
     L2-normalised (RepDistiller's ``Attention.at``)."""
@@ -207,8 +243,8 @@ def attention(
     """Attention transfer: CE(student, y) + beta * sum_stages mean((a_s - a_t)^2), a = ``attention_map``.
 
     The mean is over batch and positions, as RepDistiller's ``Attention.at_loss``; a stage whose maps
-    differ in size is average-pooled to the smaller one first. Teacher maps are constants.
-    Terms: ce, at1..atK (unweighted, one per stage).
+    differ in size is average-pooled to the smaller one first (``pool_to_match``). Teacher maps are
+    constants. Terms: ce, at1..atK (unweighted, one per stage).
     """
     if len(student_features) != len(teacher_features):
         raise ValueError("attention transfer needs as many student as teacher feature maps")
@@ -216,12 +252,7 @@ def attention(
     terms: Terms = {"ce": ce}
     total = ce
     for i, (f_s, f_t) in enumerate(zip(student_features, teacher_features), start=1):
-        f_t = f_t.detach()
-        size = min(f_s.shape[2], f_t.shape[2])
-        if f_s.shape[2] != size:
-            f_s = F.adaptive_avg_pool2d(f_s, (size, size))
-        if f_t.shape[2] != size:
-            f_t = F.adaptive_avg_pool2d(f_t, (size, size))
+        f_s, f_t = pool_to_match(f_s, f_t.detach())
         terms[f"at{i}"] = (attention_map(f_s, p) - attention_map(f_t, p)).pow(2).mean()
         total = total + beta * terms[f"at{i}"]
     return total, terms

@@ -61,9 +61,15 @@ class Method:
     params: dict[str, Param] = field(default_factory=dict)
     students: int = 1  # students one run trains together (mutual learning: 2)
     extra_modules: Callable | None = None  # (student shapes, teacher shapes, params) -> {name: nn.Module}
-    # What of the (0-based) epoch its loss reads, as a function (epoch, params) -> value; None when
-    # the loss does not depend on the epoch. A CUDA-graphed step captures again when it changes.
+    # What of the (0-based) epoch its loss reads, as a function (epoch, params) -> value: a
+    # CUDA-graphed step, which freezes every Python number at capture, captures again when it
+    # changes. None (declared nothing): captured again every epoch, safe whatever the loss reads.
+    # ``epoch_independent`` says the loss reads no epoch (captured once per lr). A test checks
+    # every entry's claim on real losses at several epochs (tests/test_capturable.py).
     epoch_key: Callable[[int, dict], Any] | None = None
+    # (student shapes, teacher shapes, params) -> None, or why this teacher and student cannot be
+    # paired by this method; the classifier family asks when it is built, before any training.
+    check_pair: Callable | None = None
     references: dict = field(default_factory=dict)  # (teacher, student) -> published CIFAR-100 top-1 %
     reference_source: str = ""
 
@@ -83,6 +89,19 @@ TEMPERATURE = {"type": "number", "exclusiveMinimum": 0}
 WEIGHT = {"type": "number", "minimum": 0}
 UNIT = {"type": "number", "minimum": 0, "maximum": 1}
 REPDISTILLER = "RepDistiller / mdistiller tables (CIFAR-100, 240 epochs)"
+
+
+def epoch_independent(epoch: int, params: dict) -> None:
+    """``epoch_key`` of a loss that reads nothing of the epoch: one key for every epoch."""
+    return None
+
+
+def _attention_pair(student_shapes, teacher_shapes, params):
+    for i, (s, t) in enumerate(zip(student_shapes, teacher_shapes), start=1):
+        if _losses().pooling_factors(s[1:], t[1:]) is None:
+            return (f"stage {i} maps are {'x'.join(map(str, s[1:]))} (student) and {'x'.join(map(str, t[1:]))} "
+                    "(teacher), and attention transfer pools the larger by an integer factor only")
+    return None
 
 
 def _fitnet_modules(student_shapes, teacher_shapes, params):
@@ -114,6 +133,7 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method(
         "alone", "student alone", "#1f77b4", "CE(student, y): the baseline every method is read against",
         loss="cross_entropy", step=lambda o, p: _losses().cross_entropy(o.logits, o.targets),
+        epoch_key=epoch_independent,
         references={("resnet56", "resnet20"): 69.06, ("resnet110", "resnet32"): 71.14,
                     ("resnet32x4", "resnet8x4"): 72.50},
         reference_source="RepDistiller README (CIFAR-100, last epoch)"),
@@ -121,6 +141,7 @@ METHODS: dict[str, Method] = {m.name: m for m in [
         "kd_soft", "KD soft", "#d62728", "(1-a)·CE + a·T²·KL(teacher_T ‖ student_T)",
         loss="kd_soft", needs_teacher=True,
         step=lambda o, p: _losses().kd_soft(o.logits, o.teacher_logits, o.targets, p["temperature"], p["alpha"]),
+        epoch_key=epoch_independent,
         params={"temperature": Param(4, TEMPERATURE, "soft targets: softmax(logits / T); the KL is scaled by T²"),
                 "alpha": Param(0.9, UNIT, "weight of the KL term; 1 - alpha weights CE with the labels")},
         references={("resnet56", "resnet20"): 70.66, ("resnet110", "resnet32"): 73.08,
@@ -130,6 +151,7 @@ METHODS: dict[str, Method] = {m.name: m for m in [
         "kd_hard", "KD hard", "#ff7f0e", "(1-a)·CE(labels) + a·CE(teacher's argmax)",
         loss="kd_hard", needs_teacher=True,
         step=lambda o, p: _losses().kd_hard(o.logits, o.teacher_logits, o.targets, p["alpha"]),
+        epoch_key=epoch_independent,
         params={"alpha": Param(0.9, UNIT, "weight of CE with the teacher's argmax; 1.0 = teacher labels only")}),
     Method(
         "dkd", "DKD", "#9467bd", "CE + w·(a·TCKD + b·NCKD), w = min(epoch / warmup, 1)",
@@ -144,7 +166,7 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method(
         "fitnet", "FitNets", "#2ca02c", "CE + b·MSE(regressor(f_s), f_t), one stage",
         loss="fitnet", needs_teacher=True, features=("student", "teacher"), step=_fitnet_step,
-        extra_modules=_fitnet_modules,
+        extra_modules=_fitnet_modules, epoch_key=epoch_independent,
         params={"beta": Param(100.0, WEIGHT, "weight of the hint (mean squared difference)"),
                 "stage": Param(2, {"type": "integer", "minimum": 1, "maximum": 3},
                                "stage whose output is the hint (RepDistiller's hint_layer 2: the middle stage)")},
@@ -154,6 +176,7 @@ METHODS: dict[str, Method] = {m.name: m for m in [
         "at", "attention transfer", "#8c564b", "CE + b·Σ_stages mean((a_s − a_t)²), a = normalise(mean_c f^p)",
         loss="attention", needs_teacher=True, features=("student", "teacher"),
         step=lambda o, p: _losses().attention(o.logits, o.targets, o.features, o.teacher_features, p["beta"], p["p"]),
+        epoch_key=epoch_independent, check_pair=_attention_pair,
         params={"beta": Param(1000.0, WEIGHT, "weight of the attention terms"),
                 "p": Param(2, {"type": "number", "exclusiveMinimum": 0}, "attention = mean over channels of f^p")},
         references={("resnet56", "resnet20"): 70.55, ("resnet32x4", "resnet8x4"): 73.44},
@@ -161,6 +184,7 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method(
         "dml", "mutual learning", "#17becf", "two students, each CE + KL(p_peer ‖ p_self), no teacher",
         loss="dml", students=2, step=lambda o, p: _losses().dml([o.logits, *o.peers], o.targets),
+        epoch_key=epoch_independent,
         references={("resnet32", "resnet32"): 71.19},
         reference_source="Zhang et al. 2018 (CIFAR-100, resnet32 with a resnet32 peer; alone 68.99)"),
 ]}

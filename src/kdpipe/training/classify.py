@@ -96,10 +96,16 @@ class Classifier:
         self.mean, self.std = channel_stats(train[0] if stats_from is None else stats_from, device)
 
     def graph_key(self):
-        """What of the epoch the loss reads (DKD's warm-up weight; None for most methods): a
-        CUDA-graphed step captures again only when this changes (kdpipe.training.graphs)."""
+        """What of the epoch the loss reads: a CUDA-graphed step captures again whenever this
+        changes (kdpipe.training.graphs). The method's ``epoch_key`` (DKD: its warm-up weight); for a
+        method that declares none, the epoch itself, so its step is captured again every epoch
+        whatever its loss reads. The teacher's cross-entropy reads no epoch."""
+        if self.method == "teacher":
+            return None
         spec = self.spec
-        return spec.epoch_key(self.epoch, self.kd) if spec is not None and spec.epoch_key else None
+        if spec is None or spec.epoch_key is None:
+            return self.epoch
+        return spec.epoch_key(self.epoch, self.kd)
 
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
@@ -184,6 +190,17 @@ def stage_shapes(model: nn.Module, image_shape, device: torch.device) -> list[tu
     return [tuple(f.shape[1:]) for f in features]
 
 
+def refuse_pair(spec, cfg: dict, student_shapes, teacher_shapes, params: dict) -> None:
+    """Stop a run whose method cannot pair its teacher and student (``Method.check_pair``): one line
+    naming the method, both architectures, why, and what to change."""
+    from kdpipe.errors import PairError
+
+    problem = spec.check_pair(student_shapes, teacher_shapes, params)
+    if problem:
+        raise PairError(f"method {spec.name!r} cannot pair teacher {cfg.get('teacher')} with student {cfg['arch']}: "
+                        f"{problem}; drop this pair from classify.pairs or {spec.name} from classify.methods")
+
+
 def make_classifier(cfg: dict, train: dict, test: dict, device: torch.device, teacher_path=None):
     """Family builder for the training loop: (family, model-file payload, extra metrics).
 
@@ -199,10 +216,14 @@ def make_classifier(cfg: dict, train: dict, test: dict, device: torch.device, te
     teacher = load_model_file(teacher_path, device) if teacher_path else None
     params = cfg.get("method_params", {})
     extra_modules = None
-    if spec is not None and spec.extra_modules is not None:
+    if spec is not None and (spec.extra_modules is not None or spec.check_pair is not None):
         image_shape = tuple(x.shape[1:])
-        extra_modules = spec.extra_modules(stage_shapes(model, image_shape, torch.device("cpu")),
-                                           stage_shapes(teacher, image_shape, device) if teacher else None, params)
+        shapes = (stage_shapes(model, image_shape, torch.device("cpu")),
+                  stage_shapes(teacher, image_shape, device) if teacher else None)
+        if spec.check_pair is not None:
+            refuse_pair(spec, cfg, *shapes, params)
+        if spec.extra_modules is not None:
+            extra_modules = spec.extra_modules(*shapes, params)
     family = Classifier(model, (x, y), (test["images"], test["labels"]), method=cfg["method"],
                         batch_size=cfg["train"]["batch_size"], augment=cfg.get("augment", True),
                         teacher=teacher, kd=params, device=device, peers=peers, extra_modules=extra_modules,
