@@ -159,6 +159,21 @@ def test_kdpipe_dvc_yaml_refuses_on_one_line(tmp_path, case):
     assert not out.exists()
 
 
+def test_a_python_tag_never_runs(workdir, tmp_path):
+    marker = tmp_path / "tag-ran"
+    overlay = tmp_path / "tagged.yaml"
+    overlay.write_text(f'name: !!python/object/apply:os.system ["touch {marker}"]\n')
+    proc = snakemake(workdir, "-n", "results/report.pdf", "--cores", "1", "--configfile", str(overlay),
+                     check=False, timeout=60)
+    assert proc.returncode != 0 and "Config file is not valid JSON or YAML" in proc.stdout
+    proc = subprocess.run(["kdpipe", "dvc-yaml", "--configfile", str(overlay), "--out", str(tmp_path / "dvc.yaml")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and proc.stderr.count("\n") == 1
+    assert proc.stderr.startswith(f"kdpipe: config.yaml + {overlay}: {overlay}: not a plain YAML config (")
+    assert "python/object/apply" in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tagged.yaml"]
+
+
 # ------------------------------------------------------------------------ quoted dvc.yaml commands
 
 HOSTILE = "presets/shared/exp;touch PWNED;.yaml"

@@ -99,7 +99,15 @@ def load_config(root: Path, configfiles: list[str]) -> tuple[dict, dict[str, dic
     from kdpipe.config_schema import validate_config
 
     files = ["config.yaml", *configfiles]
-    raw = {f: yaml.safe_load((root / f).read_text()) or {} for f in files}
+    raw = {}
+    for f in files:
+        try:  # safe_load: a tag like !!python/object/apply is refused, never run
+            raw[f] = yaml.safe_load((root / f).read_text()) or {}
+        except yaml.YAMLError as err:
+            problem = " ".join(str(err).split())[:300]
+            raise config_checks.ConfigError(f"{f}: not a plain YAML config ({problem}); fix the file") from None
+        except OSError as err:
+            raise config_checks.ConfigError(f"{f}: cannot be read ({err.strerror})") from None
     config: dict = {}
     for f in files:
         update_config(config, raw[f])
