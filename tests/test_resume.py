@@ -1,8 +1,10 @@
 """The real ``kdpipe train`` command: a run killed mid-training and rerun ends exactly
-where an uninterrupted run ends; a foreign checkpoint is ignored; a KD run trains from a teacher."""
+where an uninterrupted run ends; a foreign checkpoint is ignored; a KD run trains from a teacher;
+a run whose loss turns non-finite stops with one ``kdpipe:`` line."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -214,3 +216,18 @@ def test_kd_soft_run_completes_with_kl_column(short_runs):
     assert h["loss"].tolist() == pytest.approx((0.1 * h["ce"] + 0.9 * h["kl"]).tolist(), rel=1e-4)
     assert not (out / "resume.pt").exists()
     assert (out / "model.pt").exists()
+
+
+def test_non_finite_loss_stops_the_job_with_one_kdpipe_line(data, tmp_path):
+    """An lr far too large (weight decay alone multiplies the weights by 1 - lr * wd = -4 per step):
+    the loss is NaN within the first epoch, the job exits 1 with one line naming the run, epoch and term."""
+    cfg = {**RUN_CONFIG, "train": {**RUN_CONFIG["train"], "lr": 1e4, "lr_milestones": []}}
+    out = tmp_path / "diverged"
+    proc = train(cfg, data, out)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err[-3000:]
+    lines = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("kdpipe")]
+    assert len(lines) == 1 and "Traceback" not in err, err[-3000:]
+    assert re.fullmatch(r"kdpipe: run alone-resnet8-s0: loss term 'ce' is (nan|inf) in epoch 1; stopping\. "
+                        r"no epoch was saved; fix the config \(e\.g\. lower lr\) and rerun", lines[0]), lines[0]
+    assert list(out.iterdir()) == []  # no resume.pt, no outputs, no temp files

@@ -20,3 +20,11 @@ class ModelFileError(InputError):
 
 class PairError(InputError):
     """A teacher and student that a method cannot pair (found when the job builds both models)."""
+
+
+class DiskFullError(InputError):
+    """A write that failed for lack of space (or quota): the message names the file and the space left."""
+
+
+class NonFiniteLossError(InputError):
+    """A run whose loss became NaN or infinite: the message names the run, the epoch, the term and what to change."""

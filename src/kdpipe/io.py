@@ -1,40 +1,136 @@
-"""Atomic file writes: a reader (or a killed job) never sees half a file."""
+"""Atomic file writes: a reader (or a killed job) never sees half a file.
 
+Every write goes to a hidden temp file beside its target, ``.<name>.tmp-<pid>``, then is renamed
+over it. The pid makes the name unique per process; it also says whose a temp file is, so the
+next writer of the same target removes the ones a killed job left behind. A write that fails for
+lack of space becomes one ``kdpipe:`` line (kdpipe.errors.DiskFullError) naming the file and the
+space left; the temp file goes and the previous file stays as it was.
+"""
+
+import errno
 import json
 import os
+import re
+import shutil
+import stat
+from contextlib import contextmanager
 from pathlib import Path
+
+from kdpipe.errors import DiskFullError
+
+# torch.save reports a failed write as a RuntimeError of its zip writer, not as an OSError.
+_TORCH_WRITE_FAILED = ("unexpected pos", "PytorchStreamWriter failed writing file", "file write failed")
+_NO_SPACE = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded"}
 
 
 def _tmp_beside(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    except (OverflowError, ValueError):  # no process can have that number
+        return False
+    return True
+
+
+def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
+    """Remove the temp files of ``path`` left by processes that no longer run; returns them.
+
+    Only regular files named exactly ``.<name>.tmp-<pid>`` (never following a symlink), and only
+    when no process with that pid is alive on this machine: a live writer's file is left alone.
+    """
+    path = Path(path)
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.tmp-([0-9]+)")
+    removed = []
+    try:
+        entries = list(os.scandir(path.parent))
+    except OSError:
+        return removed
+    for entry in entries:
+        m = pattern.fullmatch(entry.name)
+        if not m or int(m.group(1)) == os.getpid() or int(m.group(1)) <= 0 or _pid_alive(int(m.group(1))):
+            continue
+        try:
+            if not stat.S_ISREG(os.lstat(entry.path).st_mode):
+                continue
+            os.unlink(entry.path)
+        except OSError:  # gone already, or not ours to remove: either way not this write's business
+            continue
+        removed.append(Path(entry.path))
+    return removed
+
+
+def _space_problem(err: BaseException) -> str | None:
+    """Why ``err`` looks like a full disk (or quota), or None: follows the chain torch.save leaves."""
+    chain = []
+    while err is not None and err not in chain:
+        chain.append(err)
+        err = err.__cause__ or err.__context__
+    for e in chain:
+        if isinstance(e, OSError) and e.errno in _NO_SPACE:
+            return _NO_SPACE[e.errno]
+    for e in chain:
+        if isinstance(e, RuntimeError) and any(s in str(e) for s in _TORCH_WRITE_FAILED):
+            return f"the write failed ({str(e).splitlines()[0].strip()})"
+    return None
+
+
+def _free_space(directory: Path) -> str:
+    try:
+        free = float(shutil.disk_usage(directory).free)
+    except OSError:
+        return "unknown space"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if free < 1024 or unit == "TiB":
+            return f"{free:.0f} B" if unit == "B" else f"{free:.1f} {unit}"
+        free /= 1024
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yield a temp path beside ``path`` to write; on success it replaces ``path``, on failure it goes.
+
+    A write that fails for lack of space raises DiskFullError naming ``path`` and the space left.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(path)
+    tmp = _tmp_beside(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except Exception as err:
+        why = _space_problem(err)
+        if why is None:
+            raise
+        tmp.unlink(missing_ok=True)  # before measuring: the space it took is free again
+        kept = f"; the previous {path.name} is kept as it was" if path.exists() else ""
+        raise DiskFullError(f"cannot write {path}: {why}; {_free_space(path.parent)} free on its filesystem: "
+                            f"free some space and rerun{kept}") from err
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def atomic_save(obj, path: str | os.PathLike) -> None:
     """torch.save to a temporary file beside ``path``, fsync, then rename over it."""
     import torch  # here, not at the top: tables and figures use this module without torch
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_beside(path)
-    try:
+    with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             torch.save(obj, fh)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def atomic_write_text(text: str, path: str | os.PathLike) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_beside(path)
-    try:
+    with atomic_path(path) as tmp:
         tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _json_safe(obj):

@@ -12,6 +12,7 @@ device by default the whole step is replayed as a CUDA graph under bf16 autocast
 
 import hashlib
 import json
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from kdpipe.errors import NonFiniteLossError
 from kdpipe.io import atomic_save
 from kdpipe.training import accel as accel_mod
 from kdpipe.training.graphs import graph_state, make_step
@@ -98,6 +100,38 @@ def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Genera
     return g
 
 
+def state_digest(obj) -> str:
+    """sha256 of a checkpoint's content, in order: each tensor's dtype, shape and bytes, each other
+    value's type and repr. Computed again after loading, it finds bytes flipped inside a tensor,
+    which torch.load accepts silently."""
+    h = hashlib.sha256()
+    _feed(h, obj)
+    return h.hexdigest()
+
+
+def _feed(h, obj) -> None:
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous().reshape(-1)
+        h.update(f"T{t.dtype}{tuple(obj.shape)};".encode())
+        h.update(t.view(torch.uint8).numpy())
+    elif isinstance(obj, dict):
+        h.update(f"D{len(obj)};".encode())
+        for k, v in obj.items():
+            _feed(h, k)
+            _feed(h, v)
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"{type(obj).__name__}{len(obj)};".encode())
+        for v in obj:
+            _feed(h, v)
+    else:
+        h.update(f"{type(obj).__name__}:{obj!r};".encode())
+
+
+def save_resume(state: dict, path: Path) -> None:
+    """The epoch's checkpoint, with the digest of its content (checked by _load_resume)."""
+    atomic_save({**state, "checksum": state_digest(state)}, path)
+
+
 def _load_resume(path: Path, expected: str, model: nn.Module, optimizer) -> tuple[int, Outcome]:
     if not path.exists():
         return 0, Outcome()
@@ -105,6 +139,14 @@ def _load_resume(path: Path, expected: str, model: nn.Module, optimizer) -> tupl
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a damaged file costs the epochs it held, not the run
         print(f"kdpipe: cannot read checkpoint {path} ({err}); starting from epoch 0", file=sys.stderr)
+        return 0, Outcome()
+    checksum = state.pop("checksum", None) if isinstance(state, dict) else None
+    if checksum is None:
+        print(f"kdpipe: checkpoint {path} has no checksum (written by an older kdpipe), so it cannot be "
+              "verified; starting from epoch 0", file=sys.stderr)
+        return 0, Outcome()
+    if state_digest(state) != checksum:  # damaged like a truncated file, only torch.load cannot tell
+        print(f"kdpipe: checkpoint {path} fails its checksum (damaged); starting from epoch 0", file=sys.stderr)
         return 0, Outcome()
     if state.get("fingerprint") != expected:
         print(f"kdpipe: ignoring {path}: it belongs to a different configuration", file=sys.stderr)
@@ -155,6 +197,24 @@ def fit(
     return outcome
 
 
+def first_non_finite(means: dict[str, float], finite_steps: dict[str, int]) -> str | None:
+    """The loss term to blame for a non-finite epoch mean, or None when every mean is finite.
+
+    Once one term is NaN the weights are, and every term follows a step later: the one with the
+    fewest finite steps went first; on a tie a named term before the total it feeds.
+    """
+    bad = [name for name in means if not math.isfinite(means[name])]
+    return min(bad, key=lambda n: (finite_steps[n], n == "loss")) if bad else None
+
+
+def _non_finite_message(run: str, name: str, value: float, epoch: int, resume_path: Path) -> str:
+    what = "the total loss" if name == "loss" else f"loss term '{name}'"
+    held = (f"{resume_path} holds epoch {epoch - 1} (the last finite one)" if epoch > 1
+            else "no epoch was saved")
+    return (f"run {run}: {what} is {value} in epoch {epoch}; stopping. {held}; "
+            "fix the config (e.g. lower lr) and rerun")
+
+
 def _epochs(family, recipe, step, optimizer, outcome, *, start, seed, device, fp, resume_path, desc, autocast):
     model = family.model
     quiet = not sys.stderr.isatty()
@@ -167,6 +227,7 @@ def _epochs(family, recipe, step, optimizer, outcome, *, start, seed, device, fp
         step.set_state(graph_state(family))  # a graphed step captures again when that changes
         model.train()
         sums: dict[str, torch.Tensor] = {}
+        finite: dict[str, torch.Tensor] = {}  # steps at which each term was finite
         steps = 0
         g = epoch_generator(seed, epoch, device)
         bar = tqdm(
@@ -179,13 +240,21 @@ def _epochs(family, recipe, step, optimizer, outcome, *, start, seed, device, fp
             total, terms = step(batch)
             # Sum on the device; one transfer per epoch instead of a sync per step.
             for name, value in {"loss": total, **terms}.items():
-                sums[name] = sums.get(name, 0) + value.detach().float()
+                value = value.detach().float()
+                sums[name] = sums.get(name, 0) + value
+                finite[name] = finite.get(name, 0) + torch.isfinite(value)
             steps += 1
+        # The epoch's one transfer to the host; a non-finite mean stops the run before its checkpoint,
+        # so resume.pt keeps the last finite epoch.
+        means = {name: float(v) / max(steps, 1) for name, v in sums.items()}
+        if not all(map(math.isfinite, means.values())):
+            bad = first_non_finite(means, {name: int(n) for name, n in finite.items()})
+            raise NonFiniteLossError(_non_finite_message(desc, bad, means[bad], epoch + 1, resume_path))
         model.eval()
         with torch.no_grad(), autocast():
             scores = family.evaluate()
         row = {"epoch": epoch + 1, "lr": lr}
-        row.update({name: float(v) / max(steps, 1) for name, v in sums.items()})
+        row.update(means)
         row.update(scores)
         row["seconds"] = time.perf_counter() - t0
         outcome.history.append(row)
@@ -196,7 +265,7 @@ def _epochs(family, recipe, step, optimizer, outcome, *, start, seed, device, fp
             + " ".join(f"{k}={v:.4g}" for k, v in row.items() if k not in ("epoch",)),
             file=sys.stderr,
         )
-        atomic_save(
+        save_resume(
             {
                 "fingerprint": fp,
                 "epoch": epoch + 1,
