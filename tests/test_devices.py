@@ -191,7 +191,7 @@ def test_placement_cpu(monkeypatch, tmp_path):
 
 def test_placement_cuda_without_gpu_raises(monkeypatch, tmp_path):
     monkeypatch.delenv(SIMULATED_ENV, raising=False)
-    monkeypatch.setattr(devices.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(RuntimeError, match="cuda"):
         with placement("cuda", lock_dir=tmp_path):
             pass
@@ -199,7 +199,7 @@ def test_placement_cuda_without_gpu_raises(monkeypatch, tmp_path):
 
 def test_placement_auto_without_gpu_is_cpu(monkeypatch, tmp_path):
     monkeypatch.delenv(SIMULATED_ENV, raising=False)
-    monkeypatch.setattr(devices.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with placement("auto", lock_dir=tmp_path) as p:
         assert p.name == "cpu" and p.device == torch.device("cpu")
 
@@ -234,3 +234,44 @@ def test_under_slurm_no_lock_is_taken(monkeypatch, tmp_path):
         assert p.device == torch.device("cuda", 0)
         assert p.name.startswith("cuda:")
         assert not lock_dir.exists()
+
+
+def test_mig_slices_are_claimed_before_cuda_starts_and_cuda_sees_only_the_claimed_one(monkeypatch, tmp_path):
+    """The real (not simulated) path on a CPU machine: torch's CUDA entry points are replaced by
+    what a driver with two MIG slices would answer. CUDA reads CUDA_VISIBLE_DEVICES once, when it
+    starts; listing both slices then shows only the first. So no CUDA call may come before the claim,
+    and the job narrows CUDA_VISIBLE_DEVICES to its slice, which is then its cuda:0."""
+    slices = ["MIG-GPU-aaa/1/0", "MIG-GPU-aaa/2/0"]
+    started_with = []  # what CUDA_VISIBLE_DEVICES held when CUDA was first asked anything
+
+    def cuda_call(answer):
+        def call(*_args):
+            started_with.append(os.environ["CUDA_VISIBLE_DEVICES"])
+            return answer
+        return call
+
+    monkeypatch.delenv(SIMULATED_ENV, raising=False)
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    monkeypatch.delenv(devices.JOBS_PER_GPU_ENV, raising=False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", ",".join(slices))
+    monkeypatch.setattr(torch.backends.cuda, "is_built", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", cuda_call(True))
+    monkeypatch.setattr(torch.cuda, "device_count", cuda_call(1))
+    monkeypatch.setattr(torch.cuda, "set_device", cuda_call(None))
+    monkeypatch.setattr(torch.cuda, "get_device_name", cuda_call("NVIDIA H100 MIG 1g.10gb"))
+    assert visible_gpu_ids() == slices and started_with == []
+    with placement("cuda", lock_dir=tmp_path) as first:
+        assert os.environ["CUDA_VISIBLE_DEVICES"] == slices[0] and set(started_with) == {slices[0]}
+        # a second job (its own process: it starts with both slices listed) gets the other slice
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", ",".join(slices))
+        started_with.clear()
+        with placement("cuda", lock_dir=tmp_path) as second:
+            assert os.environ["CUDA_VISIBLE_DEVICES"] == slices[1] and set(started_with) == {slices[1]}
+    assert (first.gpu_id, first.device, first.name) == (slices[0], torch.device("cuda", 0),
+                                                        "cuda:MIG-GPU-aaa/1/0 (NVIDIA H100 MIG 1g.10gb)")
+    assert (second.gpu_id, second.device) == (slices[1], torch.device("cuda", 0))
+    # once CUDA has started, the list cannot be narrowed: the first slice, as CUDA shows it
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", ",".join(slices))
+    assert visible_gpu_ids() == slices[:1]

@@ -34,7 +34,7 @@ def test_jobs_per_gpu_setting(monkeypatch):
     assert jobs_per_gpu() == 3
     for bad in ("0", "-1", "two", "1.5"):
         monkeypatch.setenv(JOBS_PER_GPU_ENV, bad)
-        with pytest.raises(ValueError, match=JOBS_PER_GPU_ENV):
+        with pytest.raises(devices.DeviceError, match=JOBS_PER_GPU_ENV):
             jobs_per_gpu()
     assert lock_name("0", 0) == "gpu-0.lock" and lock_name("3", 2) == "gpu-3-slot2.lock"
 
@@ -111,3 +111,84 @@ def test_placement_without_slots_is_unchanged(monkeypatch, tmp_path):
         assert (p.name, p.slot, p.slots) == ("cuda:0 (simulated)", 0, 1)
     assert [f.name for f in tmp_path.iterdir()] == ["gpu-0.lock"]
     assert devices.JOBS_PER_GPU_ENV == "KDPIPE_JOBS_PER_GPU"
+
+
+# MIG slices as CUDA_VISIBLE_DEVICES lists them (the driver's older form, with slashes).
+MIG = ["MIG-GPU-aaa/1/0", "MIG-GPU-aaa/2/0"]
+
+
+def test_lock_names_of_unusual_ids_are_flat_and_distinct():
+    # A lock file's name is shared by every kdpipe version that locks the same GPU: plain ids keep theirs.
+    assert lock_name("0", 0) == "gpu-0.lock"
+    assert lock_name("GPU-8a1c-42", 1) == "gpu-GPU-8a1c-42-slot1.lock"
+    assert lock_name("MIG-5c1e-77", 0) == "gpu-MIG-5c1e-77.lock"  # the newer MIG form needs no change
+    # "/" and other characters become "_", plus the first 8 hex digits of the id's sha256 (`sha256sum`)
+    assert lock_name(MIG[0], 0) == "gpu-MIG-GPU-aaa_1_0-2b66d630.lock"
+    assert lock_name(MIG[1], 2) == "gpu-MIG-GPU-aaa_2_0-3508c06d-slot2.lock"
+    assert lock_name("a/b", 0) != lock_name("a:b", 0)
+    assert not lock_name("..", 0).startswith("gpu-..") and "/" not in lock_name("../../etc/x", 0)
+
+
+def test_two_jobs_on_two_simulated_mig_slices_get_one_each(monkeypatch, tmp_path):
+    """CUDA would show each job only the first listed slice: the claim is among all of them."""
+    monkeypatch.setenv(SIMULATED_ENV, ",".join(MIG))
+    monkeypatch.delenv(JOBS_PER_GPU_ENV, raising=False)
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    both_hold = threading.Barrier(2, timeout=20)  # broken (an error) unless both hold a slice at once
+    got = []
+
+    def job():
+        with placement("cuda", lock_dir=tmp_path) as p:
+            both_hold.wait()
+            got.append(p.gpu_id)
+
+    threads = [threading.Thread(target=job) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert sorted(got) == MIG
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu-MIG-GPU-aaa_1_0-2b66d630.lock",
+                                                          "gpu-MIG-GPU-aaa_2_0-3508c06d.lock"]
+    assert all(p.is_file() for p in tmp_path.iterdir())  # in the lock directory, not in folders below it
+
+
+@pytest.mark.parametrize("bad", ["abc", "0", "-1", "1.5", "+2", "2 slots"])
+def test_a_bad_jobs_per_gpu_is_refused_before_any_job(monkeypatch, bad):
+    monkeypatch.setenv(JOBS_PER_GPU_ENV, bad)
+    with pytest.raises(devices.DeviceError) as caught:
+        devices.check_environment()
+    assert str(caught.value) == (f"KDPIPE_JOBS_PER_GPU must be a whole number >= 1 (jobs that share one GPU), "
+                                 f"got {bad!r}: set it to 1, 2, 3, ... or unset it")
+
+
+def test_a_good_jobs_per_gpu_passes(monkeypatch):
+    for good, n in (("", 1), ("1", 1), (" 3 ", 3)):
+        monkeypatch.setenv(JOBS_PER_GPU_ENV, good)
+        devices.check_environment()
+        assert jobs_per_gpu() == n
+
+
+def test_the_job_stops_on_one_line_for_a_bad_jobs_per_gpu(monkeypatch, tmp_path, capsys):
+    from kdpipe import cli
+    from test_lock_security import _alone_run
+
+    monkeypatch.setenv(SIMULATED_ENV, "0")
+    monkeypatch.setenv(JOBS_PER_GPU_ENV, "abc")
+    monkeypatch.setenv(devices.LOCK_DIR_ENV, str(tmp_path / "locks"))
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    assert cli.main(_alone_run(tmp_path)) == 1
+    assert capsys.readouterr().err == ("kdpipe: KDPIPE_JOBS_PER_GPU must be a whole number >= 1 (jobs that share "
+                                       "one GPU), got 'abc': set it to 1, 2, 3, ... or unset it\n")
+
+
+def test_snakemake_refuses_a_bad_jobs_per_gpu_when_the_workflow_loads(tmp_path):
+    from workflow_copy import copy_workflow, snakemake
+
+    workdir = copy_workflow(tmp_path / "w")
+    proc = snakemake(workdir, "-n", "results/report.pdf", "--cores", "1", "--configfile", "presets/demo.yaml",
+                     "presets/tiny.yaml", env={JOBS_PER_GPU_ENV: "1.5"}, check=False, timeout=120)
+    assert proc.returncode != 0
+    assert ("Error in the environment: KDPIPE_JOBS_PER_GPU must be a whole number >= 1 (jobs that share one GPU), "
+            "got '1.5'") in proc.stdout, proc.stdout[-3000:]
+    assert "Traceback" not in proc.stdout and "Job stats" not in proc.stdout  # refused before planning any job

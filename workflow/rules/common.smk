@@ -28,6 +28,14 @@ try:
 except config_checks.ConfigError as err:
     raise WorkflowError(f"Error in the config: {err}") from None
 
+# Device settings every training job reads (KDPIPE_JOBS_PER_GPU): refused now, not when a job starts.
+from kdpipe import devices
+
+try:
+    devices.check_environment()
+except devices.DeviceError as err:
+    raise WorkflowError(f"Error in the environment: {err}") from None
+
 # Right after `dvc pull`, every file carries the pull's time and Snakemake has no record of what
 # made it: it could retrain what exists or trust what is stale. Refuse to guess.
 if dvc_sync.pulled_without_records("."):
