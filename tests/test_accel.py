@@ -8,6 +8,7 @@ CPU run at the defaults gives bitwise the numbers of the eager fp32 loop.
 """
 
 import copy
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -303,8 +304,8 @@ def test_jobs_table_and_appendix_show_precision_and_graphs(tmp_path):
     for run, extra in (("new", {"precision": "bf16", "cuda_graphs": True}), ("old", {})):
         (bench / f"d-classify-{run}.tsv").write_text("s\tmax_rss\tcpu_time\n1.0\t100\t0.9\n")
         m = tmp_path / f"{run}.json"
-        m.write_text(json.dumps({"config": {"dataset": "d"}, "family": "classify", "run": run,
-                                 "device": "cuda:0 (NVIDIA H100)", **extra}))
+        m.write_text(json.dumps({"config": {"dataset": "d"}, "family": "classify", "run": run, "seed": 0,
+                                 "best": {}, "last": {}, "device": "cuda:0 (NVIDIA H100)", **extra}))
         metrics.append(m)
     table = jobs_table(sorted(bench.iterdir()), metrics, out_csv=tmp_path / "jobs.csv").set_index("job")
     assert table.loc["d-classify-new", ["precision", "cuda_graphs"]].tolist() == ["bf16", "yes"]
@@ -374,3 +375,190 @@ def test_auto_falls_back_to_eager_when_a_capture_fails_and_on_raises(tmp_path, m
     assert_same(eager, fell_back)
     assert fell_back[1].settings["cuda_graphs"] is False
     assert "capture refused" in fell_back[1].settings["cuda_graphs_error"]
+
+
+# --- a failed capture leaves the process clean (issue 15 item 2) --------------------------------
+
+class FailsOnCall(Classifier):
+    """Its loss runs the forward (train-mode BatchNorm updates its running statistics) and then
+    raises on call ``fail_at``: a step that fails part-way through."""
+
+    fail_at = None
+
+    def loss(self, batch):
+        self.calls = getattr(self, "calls", 0) + 1
+        total, terms = super().loss(batch)
+        if self.calls == self.fail_at:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        return total, terms
+
+
+class CaptureEndFails(SimulatedGraphs):
+    """Runs the whole step (weights, momentum and BatchNorm move) and then fails, as capture_end does."""
+
+    def capture(self, body, reset):
+        super().capture(body, reset)
+        raise RuntimeError("CUDA error: operation failed due to a previous error during capture")
+
+
+def _graphed(monkeypatch, chosen):
+    import kdpipe.training.loop as loop
+
+    monkeypatch.setattr(loop, "make_step", lambda family, optimizer, acc, device, autocast, backend=None:
+                        GraphedStep(family, optimizer, autocast, backend=chosen, fall_back=True))
+
+
+@pytest.mark.parametrize("recipe", [RECIPE, ADAM])
+def test_a_capture_that_fails_part_way_changes_no_number(tmp_path, monkeypatch, recipe):
+    """The loss fails on its 4th call: after the 3 warm-ups, inside the (simulated) capture, after
+    the forward moved BatchNorm's statistics. The run continues eagerly with the eager run's numbers
+    and metrics.json's settings name the first cause."""
+    eager = train(tmp_path, classifier(), recipe, name="eager")
+    _graphed(monkeypatch, SimulatedGraphs())
+    x, y = tiny_data()
+    torch.manual_seed(0)
+    fam = FailsOnCall(build_model("resnet8", 10), (x, y), (x[:40], y[:40]), method="alone", batch_size=32,
+                      device=CPU, kd={"temperature": 4, "alpha": 0.9})
+    fam.fail_at = 4
+    failed = train(tmp_path, fam, recipe, name="failed")
+    assert fam.calls > 4  # it did go on, eagerly
+    assert_same(eager, failed)
+    assert failed[1].settings["cuda_graphs"] is False
+    assert failed[1].settings["cuda_graphs_error"].startswith(
+        "RuntimeError: operation not permitted when stream is capturing (at kdpipe/training/graphs.py:")
+
+
+def test_a_capture_that_fails_after_the_whole_step_changes_no_number(tmp_path, monkeypatch):
+    eager = train(tmp_path, classifier("kd_soft", teacher_model()), RECIPE, name="eager")
+    _graphed(monkeypatch, CaptureEndFails())
+    failed = train(tmp_path, classifier("kd_soft", teacher_model()), RECIPE, name="failed")
+    assert_same(eager, failed)
+    assert "operation failed due to a previous error" in failed[1].settings["cuda_graphs_error"]
+
+
+def test_describe_names_the_innermost_kdpipe_line():
+    from kdpipe.training.graphs import describe
+
+    try:
+        batch_plan(-1, 4)
+    except ValueError as err:
+        text = describe(err)
+    assert text.startswith("ValueError: need n >= 0 and batch_size >= 1; got n=-1, batch_size=4 (at "
+                           "kdpipe/training/graphs.py:")
+    assert text.endswith(" in batch_plan)")
+
+
+class FakeCuda:
+    """Just enough of torch.cuda for CudaGraphs on a machine without a GPU: streams, a graph whose
+    capture_end fails like an invalidated capture's, and the allocator's pool calls, all recorded."""
+
+    def __init__(self, monkeypatch, end_fails=True):
+        import torch._C
+
+        self.calls, self.mode = [], 0
+        fake = self
+
+        class Stream:
+            def __init__(self, device=None):
+                pass
+
+            def wait_stream(self, other):
+                pass
+
+        self.main = self.current = Stream()
+
+        class Graph:
+            def capture_begin(self, pool=None):
+                fake.calls.append(("capture_begin", pool))
+
+            def capture_end(self):
+                fake.calls.append(("capture_end", fake.current is fake.side))
+                if end_fails:
+                    raise RuntimeError("CUDA error: operation failed due to a previous error during capture")
+
+            def reset(self):
+                fake.calls.append(("graph.reset",))
+
+            def replay(self):
+                fake.calls.append(("replay",))
+
+        @contextmanager
+        def stream(s):
+            before, self.current = self.current, s
+            try:
+                yield
+            finally:
+                self.current = before
+
+        def set_mode(mode):
+            self.mode = {"default": 0, "warn": 1, "error": 2}.get(mode, mode)
+
+        def record(name):
+            return lambda *args: self.calls.append((name, *args))
+
+        for name, value in {"Stream": Stream, "CUDAGraph": Graph, "stream": stream,
+                            "current_stream": lambda device=None: self.current,
+                            "synchronize": lambda device=None: None, "empty_cache": lambda: None,
+                            "graph_pool_handle": lambda: (0, 7), "current_device": lambda: 0,
+                            "get_sync_debug_mode": lambda: self.mode, "set_sync_debug_mode": set_mode}.items():
+            monkeypatch.setattr(torch.cuda, name, value)
+        monkeypatch.setattr(torch._C, "_cuda_endAllocateToPool", record("endAllocateToPool"), raising=False)
+        monkeypatch.setattr(torch._C, "_cuda_releasePool", record("releasePool"), raising=False)
+        from kdpipe.training.graphs import CudaGraphs
+
+        self.backend = CudaGraphs(torch.device("cuda", 0))
+        self.side = self.backend.stream
+
+
+def test_cuda_backend_failed_capture_reports_the_first_cause_and_cleans_up(monkeypatch):
+    from kdpipe.training.graphs import CaptureFailed
+
+    cuda = FakeCuda(monkeypatch)
+    resets = []
+
+    def body():
+        raise RuntimeError("CUDA error: operation not permitted when stream is capturing\nCUDA kernel errors ...")
+
+    with pytest.raises(CaptureFailed) as caught:
+        cuda.backend.capture(body, reset=lambda: resets.append(1))
+    assert str(caught.value).startswith("RuntimeError: CUDA error: operation not permitted when stream is capturing")
+    assert "previous error" not in str(caught.value)
+    assert cuda.current is cuda.main  # the previous stream is current again
+    assert cuda.calls == [("capture_begin", (0, 7)), ("capture_end", True),  # ended on the capture stream
+                          ("endAllocateToPool", 0, (0, 7)), ("releasePool", 0, (0, 7)), ("graph.reset",)]
+    assert len(resets) == 2  # gradients dropped before the capture and after it failed
+
+
+def test_cuda_backend_successful_capture_and_warmup_sync_mode(monkeypatch):
+    cuda = FakeCuda(monkeypatch, end_fails=False)
+    seen = []
+    replay = cuda.backend.capture(lambda: seen.append(cuda.current is cuda.side) or "outputs", reset=lambda: None)
+    assert cuda.current is cuda.main and seen == [True]
+    assert replay() == "outputs"
+    assert cuda.calls == [("capture_begin", (0, 7)), ("capture_end", True), ("replay",)]  # the pool stays the graph's
+    # warm-ups: on the side stream with host syncs an error; the previous mode and stream come back, also after a failure
+    cuda.mode = 1
+    with pytest.raises(KeyError):
+        with cuda.backend.side_stream():
+            seen.append((cuda.current is cuda.side, cuda.mode))
+            raise KeyError("boom")
+    assert seen[-1] == (True, 2)
+    assert (cuda.current, cuda.mode) == (cuda.main, 1)
+
+
+# --- fill_uninitialized_memory (issue 15 item 9) ----------------------------------------------------
+
+def test_deterministic_cuda_turns_off_fill_uninitialized_memory():
+    import torch.utils.deterministic as switch
+
+    saved = (torch.are_deterministic_algorithms_enabled(), switch.fill_uninitialized_memory,
+             torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+    try:
+        switch.fill_uninitialized_memory = True
+        accel.apply_determinism(accel.resolve({}, torch.device("cuda")), torch.device("cuda"))  # needs no GPU
+        assert torch.are_deterministic_algorithms_enabled()
+        assert switch.fill_uninitialized_memory is False
+    finally:
+        torch.use_deterministic_algorithms(saved[0])
+        switch.fill_uninitialized_memory = saved[1]
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[2:]

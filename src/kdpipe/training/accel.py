@@ -89,12 +89,24 @@ def apply_determinism(accel: Accel, device: torch.device) -> None:
         return
     if accel.deterministic:
         torch.use_deterministic_algorithms(True)
+        # Deterministic mode also fills every torch.empty with NaN (an extra kernel per allocation,
+        # captured into graphs too); kdpipe never reads memory it did not write, so keep it off.
+        _fill_uninitialized_memory(False)
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
     else:
         torch.use_deterministic_algorithms(False)
         torch.backends.cudnn.benchmark = True  # fastest convolution per shape, chosen by timing
         torch.backends.cudnn.deterministic = False
+
+
+def _fill_uninitialized_memory(on: bool) -> None:
+    try:  # torch >= 2.1
+        import torch.utils.deterministic as switch
+    except ImportError:
+        return
+    if hasattr(switch, "fill_uninitialized_memory"):
+        switch.fill_uninitialized_memory = on
 
 
 def autocast(accel: Accel, device: torch.device):
@@ -107,6 +119,15 @@ def autocast(accel: Accel, device: torch.device):
     if accel.precision != "bf16":
         return nullcontext()
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, cache_enabled=False)
+
+
+def full_precision(device):
+    """Autocast off: what a loss's own arithmetic (matrix products, a regressor) and every metric
+    run under, on the float32 tensors ``float32_outputs`` hands them, whatever ``precision`` says.
+
+    On the CPU in fp32 autocast is off already, so nothing changes there.
+    """
+    return torch.autocast(torch.device(device).type, enabled=False)
 
 
 def to_float32(value):

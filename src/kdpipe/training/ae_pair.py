@@ -8,13 +8,30 @@ that occur, void ignored) and Y -> X as image quality (L1, PSNR, SSIM on [0, 1])
 """
 
 import torch
-from torchmetrics.classification import MulticlassConfusionMatrix
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from kdpipe import losses
 from kdpipe.data.cityscapes import CLASS_NAMES, VOID, colours_to_ids
 from kdpipe.models import count_parameters
 from kdpipe.models.autoencoder import AutoEncoderPair, build_pair, to_signed, to_uint8
+from kdpipe.training.accel import full_precision
+
+
+def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int) -> torch.Tensor:
+    """``num_classes`` x ``num_classes`` pixel counts, rows the true class, columns the predicted.
+
+    Pixels whose target is ``ignore_index`` (or any id outside the classes) go to one extra bin,
+    dropped at the end: no boolean-mask indexing, so no host sync and no data-dependent shape.
+    One int64 index per pixel is the only large intermediate; ``bincount`` without weights is
+    deterministic on CUDA too (torch.use_deterministic_algorithms lists only its weighted form).
+    Predictions must be ids in ``[0, num_classes)``.
+    """
+    c = num_classes
+    target = target.reshape(-1)
+    index = target.to(torch.long, copy=True)  # the one pixel-sized buffer; the argument is never written
+    index.mul_(c).add_(pred.reshape(-1))
+    index.masked_fill_((target < 0) | (target >= c), c * c)
+    return torch.bincount(index, minlength=c * c + 1)[: c * c].view(c, c)
 
 
 def segmentation_scores(confusion: torch.Tensor) -> dict[str, float]:
@@ -53,7 +70,8 @@ class AutoEncoderPairFamily:
     def loss(self, batch):
         x, y = batch
         o1, o2, matched = self.model(x, y)
-        return losses.ae_pair(o1, y, o2, x, matched, self.alpha, self.norm)
+        with full_precision(x.device):  # the networks ran under autocast; the loss runs in fp32
+            return losses.ae_pair(o1, y, o2, x, matched, self.alpha, self.norm)
 
     def translate(self, x_uint8: torch.Tensor, y_uint8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Both directions for uint8 images: (predicted label maps, predicted photos) as uint8."""
@@ -61,18 +79,22 @@ class AutoEncoderPairFamily:
         return to_uint8(o1), to_uint8(o2)
 
     def evaluate(self, batch_size: int = 50) -> dict[str, float]:
+        with full_precision(self.test_x.device):  # metrics in fp32 whatever the training precision
+            return self._evaluate(batch_size)
+
+    def _evaluate(self, batch_size: int) -> dict[str, float]:
         # No host sync per batch (a GPU keeps working): sums stay on the device, in float64 as the
         # Python floats they replace, so the numbers are the same to the last bit.
-        confusion = MulticlassConfusionMatrix(num_classes=len(CLASS_NAMES), ignore_index=VOID,
-                                              validate_args=False).to(self.test_x.device)
+        classes = len(CLASS_NAMES)
+        confusion = torch.zeros(classes, classes, dtype=torch.long, device=self.test_x.device)
         zero = torch.zeros((), dtype=torch.float64, device=self.test_x.device)
         sums = {"l1_yx": zero, "psnr_yx": zero, "ssim_yx": zero, "l1_xy": zero}
         n = len(self.test_x)
         for start in range(0, n, batch_size):
             x, y = self.test_x[start : start + batch_size], self.test_y[start : start + batch_size]
             pred_y, pred_x = self.translate(x, y)
-            ids = colours_to_ids(pred_y, include_void=False).long()
-            confusion.update(ids, self.test_ids[start : start + batch_size].long())
+            ids = colours_to_ids(pred_y, include_void=False)
+            confusion += confusion_matrix(ids, self.test_ids[start : start + batch_size], classes, VOID)
             px, tx = pred_x.float() / 255, x.float() / 255
             b = len(x)
             sums["l1_yx"] = sums["l1_yx"] + (px - tx).abs().mean().double() * b
@@ -82,7 +104,7 @@ class AutoEncoderPairFamily:
             sums["ssim_yx"] = sums["ssim_yx"] + structural_similarity_index_measure(px, tx, data_range=1.0).double() * b
             sums["l1_xy"] = sums["l1_xy"] + (pred_y.float() / 255 - y.float() / 255).abs().mean().double() * b
         scores = {k: float(v) / n for k, v in sums.items()}
-        scores.update(segmentation_scores(confusion.compute()))
+        scores.update(segmentation_scores(confusion))
         return scores
 
 

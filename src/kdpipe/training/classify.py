@@ -5,6 +5,7 @@ from torch import nn
 
 from kdpipe import losses, methods
 from kdpipe.models import build_model, count_parameters
+from kdpipe.training.accel import full_precision
 from kdpipe.training.augment import random_crop_flip
 
 
@@ -125,7 +126,9 @@ class Classifier:
         x, y = batch
         spec = self.spec
         if spec is None:
-            return losses.cross_entropy(self.served_model(x), y)
+            logits = self.served_model(x)
+            with full_precision(x.device):
+                return losses.cross_entropy(logits, y)
         features = teacher_logits = teacher_features = None
         if "student" in spec.features:
             logits, features = self.served_model(x, features=True)
@@ -139,7 +142,10 @@ class Classifier:
                     teacher_logits = self.teacher(x)
         forward = methods.Forward(logits, y, features, teacher_logits, teacher_features,
                                   peers=[peer(x) for peer in self.peers], modules=self.extras, epoch=self.epoch)
-        return spec.step(forward, self.kd)
+        # The networks ran under autocast; the loss (a Gram matrix, FitNets' regressor) runs in fp32
+        # on their float32 outputs.
+        with full_precision(x.device):
+            return spec.step(forward, self.kd)
 
     def test_batches(self, batch_size: int = 200):
         for start in range(0, len(self.test_y), batch_size):
@@ -147,12 +153,15 @@ class Classifier:
             yield x.contiguous(memory_format=torch.channels_last), self.test_y[start : start + batch_size]
 
     def evaluate(self) -> dict[str, float]:
-        """top1/top5 of the served student; top1_s2/top5_s2 ... of the students trained beside it."""
+        """top1/top5 of the served student; top1_s2/top5_s2 ... of the students trained beside it.
+
+        In fp32 whatever ``precision`` trains in: autocast is off here (the loop runs it so too)."""
         students = [self.served_model, *self.peers]
         hits = torch.zeros(len(students), 2, device=self.test_y.device)
-        for x, y in self.test_batches():
-            for i, student in enumerate(students):
-                hits[i] += topk_hits(student(x), y)
+        with full_precision(self.test_y.device):
+            for x, y in self.test_batches():
+                for i, student in enumerate(students):
+                    hits[i] += topk_hits(student(x), y)
         scores = {}
         for i in range(len(students)):
             scores.update(accuracy_percent(hits[i], len(self.test_y), methods.score_suffix(i + 1)))

@@ -25,17 +25,29 @@ pass and the optimiser's update. ``GraphedStep`` captures that, once per batch s
   ``min(epoch / 20, 1)`` changes only during the first 20 epochs).
 * Adam is made ``capturable`` (its step counter lives on the GPU); SGD needs nothing.
 
+* A failed capture changes nothing either: the previous stream is current again, the capture is
+  ended, the graph and its memory pool are freed, the parameters and optimiser state are put back,
+  and the error names its first cause (where in kdpipe it happened), not the CUDA errors that
+  follow it. On CUDA the warm-ups run with ``torch.cuda.set_sync_debug_mode("error")``, so a step
+  that reads a tensor on the host stops there, named, before any capture.
+
 The capture backend is swappable: ``SimulatedGraphs`` runs the same bookkeeping on the CPU with
-the step body executed eagerly on every "replay", which is how tests check on a machine without
-CUDA that captures, warm-ups, lr changes and the remainder batch change no number.
+the step body executed eagerly when "capturing" (the Python a real capture runs) and on every
+"replay", which is how tests check on a machine without CUDA that captures, warm-ups, lr
+changes, the remainder batch and failed captures change no number.
 """
 
+import gc
 import sys
+import traceback
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
+
+_PACKAGE = str(Path(__file__).resolve().parents[1])  # src/kdpipe: where a failure's location is looked for
 
 
 def batch_plan(n: int, batch_size: int) -> list[tuple[int, int]]:
@@ -92,38 +104,122 @@ class EagerStep:
         return total, terms
 
 
+class CaptureFailed(RuntimeError):
+    """A capture that did not finish; its message is the first cause (``describe``)."""
+
+
+def describe(err: BaseException) -> str:
+    """``Type: first line of the message (at file:line in function)``: the innermost kdpipe frame,
+    so a user sees which loss line read a tensor on the host, not torch's internals."""
+    lines = str(err).strip().splitlines()
+    text = f"{type(err).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+    frames = [f for f in traceback.extract_tb(err.__traceback__) if str(Path(f.filename).resolve()).startswith(_PACKAGE)]
+    if frames:
+        f = frames[-1]
+        where = Path(f.filename).resolve().relative_to(Path(_PACKAGE).parent).as_posix()
+        text += f" (at {where}:{f.lineno} in {f.name})"
+    return text
+
+
+def _end_pool(device_index: int, pool) -> None:
+    """Tell the caching allocator a capture into ``pool`` is over and give the pool back.
+
+    ``CUDAGraph.capture_end`` raises on a failed capture before it does this itself (torch 2.11 and
+    2.14 alike), which would leave the allocator routing this stream's allocations to a dead pool.
+    An error from the first call means capture_end (or a failed capture_begin) already ended it.
+    """
+    try:
+        torch._C._cuda_endAllocateToPool(device_index, pool)
+    except RuntimeError:
+        return
+    try:
+        torch._C._cuda_releasePool(device_index, pool)
+    except RuntimeError:
+        pass
+
+
 class CudaGraphs:
-    """The real backend: a side stream for warm-ups, ``torch.cuda.graph`` for captures."""
+    """The real backend: a side stream for warm-ups and captures; captures by hand (not the
+    ``torch.cuda.graph`` context, which raises in ``capture_end`` before it restores the previous
+    stream, and reports a failed capture as "operation failed due to a previous error")."""
 
     name = "cuda"
 
     def __init__(self, device: torch.device):
-        self.stream = torch.cuda.Stream(device=device)
+        self.device = torch.device(device)
+        self.stream = torch.cuda.Stream(device=self.device)
+
+    def _index(self) -> int:
+        return self.device.index if self.device.index is not None else torch.cuda.current_device()
 
     @contextmanager
     def side_stream(self):
-        self.stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(self.stream):
-            yield
-        torch.cuda.current_stream().wait_stream(self.stream)
+        """Warm-ups: on the side stream, with any host sync an error that names the operation."""
+        mode = torch.cuda.get_sync_debug_mode()
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))
+        try:
+            with torch.cuda.stream(self.stream):
+                torch.cuda.set_sync_debug_mode("error")
+                try:
+                    yield
+                finally:
+                    torch.cuda.set_sync_debug_mode(mode)
+        finally:  # also after an error: what follows on the main stream must see the warm-ups done
+            torch.cuda.current_stream(self.device).wait_stream(self.stream)
 
     def capture(self, body, reset):
-        """Record ``body`` (nothing runs yet); return what replays it and hands back its outputs."""
+        """Record ``body`` (no kernel runs); return what replays it and hands back its outputs.
+
+        On failure everything is undone before ``CaptureFailed`` (first cause) is raised.
+        """
         reset()  # gradients are None: the captured backward allocates them in the graph's pool
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            outputs = body()
+        torch.cuda.synchronize(self.device)
+        torch.cuda.empty_cache()  # as torch.cuda.graph does: room for the graph's pool
+        graph, pool = torch.cuda.CUDAGraph(), torch.cuda.graph_pool_handle()
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))
+        outputs, cause, ended = None, None, False
+        with torch.cuda.stream(self.stream):  # its exit makes the previous stream current again
+            try:
+                graph.capture_begin(pool=pool)
+                outputs = body()
+            except Exception as err:  # the first cause; what fails after it is a consequence
+                cause = err
+            try:
+                graph.capture_end()  # ends the stream's capture, also an invalidated one
+                ended = True
+            except Exception as err:
+                cause = cause or err
+        if cause is None:
+            torch.cuda.current_stream(self.device).wait_stream(self.stream)
 
-        def replay():
-            graph.replay()
-            return outputs
+            def replay():
+                graph.replay()
+                return outputs
 
-        replay.graph = graph  # keeps the graph (and its memory pool) alive with the replay
-        return replay
+            replay.graph = graph  # keeps the graph (and its memory pool) alive with the replay
+            return replay
+        outputs = None
+        reset()  # the gradients the capture allocated live in its pool
+        if not ended:
+            _end_pool(self._index(), pool)
+        try:
+            graph.reset()  # drops the half-made graph; frees its pool once nothing in it is alive
+        except Exception:
+            pass
+        del graph
+        message = describe(cause)
+        raise CaptureFailed(message) from cause
+
+    def after_failure(self) -> None:
+        """Once the failed capture's exception is gone: free what its frames held in the pool."""
+        gc.collect()
+        torch.cuda.empty_cache()
 
 
 class SimulatedGraphs:
-    """CPU stand-in with the same contract: capturing runs nothing, each replay runs the body.
+    """CPU stand-in with the same contract: capturing runs the body once, as a real capture runs
+    its Python (the caller undoes its effects, as it undoes a failed capture's), so a step that
+    fails part-way through a capture fails here too; each replay runs the body.
 
     Counts captures, so tests can see when the step would capture again.
     """
@@ -138,6 +234,7 @@ class SimulatedGraphs:
 
     def capture(self, body, reset):
         reset()
+        body()  # the Python a real capture runs (its effects are undone by the caller), so it can fail here
         self.captured.append(None)
 
         def replay():
@@ -145,6 +242,9 @@ class SimulatedGraphs:
             return body()
 
         return replay
+
+    def after_failure(self) -> None:
+        pass
 
 
 def _model_tensors(model: nn.Module) -> list[torch.Tensor]:
@@ -248,14 +348,18 @@ class GraphedStep:
         static = tuple(t.clone() for t in _tensors(batch))  # clone keeps the layout (channels-last)
         body = self._body(static)
         saved = snapshot(model, opt)
+        reset = lambda: opt.zero_grad(set_to_none=True)  # noqa: E731
         try:
             with self.backend.side_stream():
                 for _ in range(self.warmup):
-                    opt.zero_grad(set_to_none=True)
+                    reset()
                     body()
+            restore(saved, model, opt)  # the capture records on the state a first step starts from
+            replay = self.backend.capture(body, reset=reset)
         finally:
-            restore(saved, model, opt)  # also when the warm-up fails: an eager fallback starts clean
-        replay = self.backend.capture(body, reset=lambda: opt.zero_grad(set_to_none=True))
+            # Also after a failed warm-up or capture (which may have run part of a step): an eager
+            # fallback starts clean. After a real capture nothing ran, and this copies equal values.
+            restore(saved, model, opt)
         self.captures += 1
         return _Entry(static=static, replay=replay, lr=self.lr)
 
@@ -276,9 +380,11 @@ class GraphedStep:
             except Exception as err:
                 if not self.fall_back:
                     raise
-                # The warm-up's changes were undone (restore) and capturing changes no number.
-                self.failed = f"{type(err).__name__}: {err}"
+                # The warm-up's and the capture's changes were undone (restore): no number changes.
+                self.failed = str(err) if isinstance(err, CaptureFailed) else describe(err)
                 self.entries.clear()
+            if self.failed:  # outside the except: its traceback, and what it held, are gone
+                getattr(self.backend, "after_failure", lambda: None)()
                 print(f"kdpipe: CUDA graph capture failed ({self.failed}); this run continues eagerly",
                       file=sys.stderr)
                 return self.eager(batch)

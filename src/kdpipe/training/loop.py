@@ -251,7 +251,7 @@ def _epochs(family, recipe, step, optimizer, outcome, *, start, seed, device, fp
             bad = first_non_finite(means, {name: int(n) for name, n in finite.items()})
             raise NonFiniteLossError(_non_finite_message(desc, bad, means[bad], epoch + 1, resume_path))
         model.eval()
-        with torch.no_grad(), autocast():
+        with torch.no_grad(), accel_mod.full_precision(device):  # metrics in fp32 whatever precision says
             scores = family.evaluate()
         row = {"epoch": epoch + 1, "lr": lr}
         row.update(means)

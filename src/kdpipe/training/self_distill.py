@@ -5,6 +5,7 @@ import torch
 from kdpipe import losses
 from kdpipe.models import count_parameters
 from kdpipe.models.multi_exit import MULTI_EXIT_RESNETS, exit_costs
+from kdpipe.training.accel import full_precision
 from kdpipe.training.classify import Classifier, accuracy_percent, topk_hits, training_images
 
 
@@ -22,21 +23,23 @@ class MultiExitClassifier(Classifier):
     def loss(self, batch):
         x, y = batch
         logits, features = self.model(x)
-        if self.method == "baseline":
-            ce = torch.nn.functional.cross_entropy(logits[-1], y)
-            return ce, {f"ce{len(logits)}": ce}
-        return losses.self_distill(logits, features, y, self.kd["temperature"], self.kd["alpha"],
-                                   self.kd["lam"], detach_teacher=self.kd.get("detach_teacher", True))
+        with full_precision(x.device):  # the network ran under autocast; its loss runs in fp32
+            if self.method == "baseline":
+                ce = torch.nn.functional.cross_entropy(logits[-1], y)
+                return ce, {f"ce{len(logits)}": ce}
+            return losses.self_distill(logits, features, y, self.kd["temperature"], self.kd["alpha"],
+                                       self.kd["lam"], detach_teacher=self.kd.get("detach_teacher", True))
 
     def evaluate(self) -> dict[str, float]:
         exits = self.model.num_exits
         hits = torch.zeros(exits + 1, 2, device=self.test_y.device)
-        for x, y in self.test_batches():
-            logits, _ = self.model(x)
-            for i, l in enumerate(logits):
-                hits[i] += topk_hits(l, y)
-            ensemble = torch.stack([l.softmax(dim=1) for l in logits]).mean(dim=0)
-            hits[exits] += topk_hits(ensemble, y)
+        with full_precision(self.test_y.device):  # metrics in fp32 whatever the training precision
+            for x, y in self.test_batches():
+                logits, _ = self.model(x)
+                for i, l in enumerate(logits):
+                    hits[i] += topk_hits(l, y)
+                ensemble = torch.stack([l.softmax(dim=1) for l in logits]).mean(dim=0)
+                hits[exits] += topk_hits(ensemble, y)
         n = len(self.test_y)
         scores = {}
         for i in range(exits):
