@@ -84,11 +84,15 @@ def one_line(err: str) -> str:
     return err
 
 
-def test_a_squatted_directory_with_a_planted_symlink_is_refused(shared_tmp, victim, monkeypatch, capsys):
-    """Issue 19's attack: nobody makes the lock directory 1777 and plants gpu-0.lock -> the victim."""
+def test_a_squatted_directory_with_a_planted_symlink_is_safe(shared_tmp, victim, monkeypatch, capsys):
+    """Issue 19's attack: nobody makes the lock directory 1777 and plants gpu-0.lock -> the victim.
+    The directory is a shared sticky one, so it is used; the planted link is skipped, never followed."""
     locks = shared_tmp / "kdpipe-gpu-locks"
     nobody(f"mkdir -m 1777 {locks} && ln -s {victim} {locks}/gpu-0.lock")
-    with pytest.raises(DeviceError, match=f"{locks} belongs to nobody.*set {LOCK_DIR_ENV} to a directory of your own"):
+    with claim_slot(["0", "1"], 1, locks) as claimed:
+        assert claimed == (1, "1", 0)
+    assert f"lock file {locks / 'gpu-0.lock'} is a symbolic link" in capsys.readouterr().err
+    with pytest.raises(DeviceError, match=rf"no usable GPU lock file in {locks} \(gpu-0.lock is a symbolic link"):
         with claim_slot(["0"], 1, locks):
             pass
     # The same through the job's own path: the default lock directory from the environment.
@@ -99,7 +103,8 @@ def test_a_squatted_directory_with_a_planted_symlink_is_refused(shared_tmp, vict
         with placement("cuda"):
             pass
     untouched(victim)
-    assert os.readlink(locks / "gpu-0.lock") == str(victim) and sorted(os.listdir(locks)) == ["gpu-0.lock"]
+    assert os.readlink(locks / "gpu-0.lock") == str(victim)
+    assert sorted(os.listdir(locks)) == ["gpu-0.lock", "gpu-1.lock"]  # gpu-1.lock: the lock kdpipe made
 
 
 def test_planted_links_in_a_trusted_directory_are_skipped_and_never_written(shared_tmp, victim, capsys):

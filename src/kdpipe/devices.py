@@ -15,8 +15,9 @@ GPU by GPU (slot 0 of every GPU before any slot 1), so jobs spread over the GPUs
 than its slots, never one slot twice.
 
 The lock directory is shared by whoever shares the GPUs, so it is treated as hostile ground
-(``/tmp`` on a workstation): it must be a real directory, owned by this user or root, and sticky
-when others may write it; lock files are opened without following symlinks, and a file that
+(``/tmp`` on a workstation): it must be a real directory, and sticky when it belongs to another
+user or others may write it (the first user's job makes it mode 1777, like ``/tmp``, so every
+user of the GPUs shares it); lock files are opened without following symlinks, and a file that
 kdpipe did not just create is only opened read-only and locked, never written, truncated or
 chmod-ed. Lock files stay empty: who holds one is the kernel's record (``/proc/locks``), not a
 pid written into a file that someone else may have planted.
@@ -163,13 +164,18 @@ def _refuse_dir(path: Path, problem: str) -> DeviceError:
 
 
 def _check_dir(path: Path, st: os.stat_result) -> None:
-    """The directory kdpipe trusts with its lock files: a real directory of this user's or root's,
-    sticky if anyone else may write to it (so nobody can replace another user's lock file)."""
+    """The directory kdpipe trusts with its lock files: a real directory, sticky if it is another
+    user's or anyone else may write to it (so nobody can replace another user's lock file).
+
+    Another user's sticky directory is accepted: that is how users of one workstation share its
+    GPUs. Its owner can delete lock files (a slot overbooked, at worst) but cannot make kdpipe
+    write anywhere: lock files are never followed, written or chmod-ed unless kdpipe made them."""
     if not stat.S_ISDIR(st.st_mode):
         raise _refuse_dir(path, "is not a directory")
-    if st.st_uid not in (os.geteuid(), 0):
-        raise _refuse_dir(path, f"belongs to {_user(st.st_uid)}, not to you or root, so its lock files cannot be "
-                                "trusted (a GPU lock directory shared by several users must be made by root, mode 1777)")
+    if st.st_uid not in (os.geteuid(), 0) and not st.st_mode & stat.S_ISVTX:
+        raise _refuse_dir(path, f"belongs to {_user(st.st_uid)} and is not sticky (mode {stat.S_IMODE(st.st_mode):o}), "
+                                "so its lock files cannot be trusted (a GPU lock directory shared by several users "
+                                "has mode 1777, like /tmp)")
     if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not st.st_mode & stat.S_ISVTX:
         raise _refuse_dir(path, "is writable by other users without the sticky bit (mode "
                                 f"{stat.S_IMODE(st.st_mode):o}; chmod +t would fix it)")
@@ -177,9 +183,8 @@ def _check_dir(path: Path, st: os.stat_result) -> None:
 
 def _make_dir(path: Path) -> bool:
     """Create the lock directory if it is missing; True if this call made it."""
-    # root's directory is shared by every user (like /tmp); another user's would be refused by
-    # everyone else anyway (see _check_dir), so a user's own is theirs alone.
-    mode = 0o1777 if os.geteuid() == 0 else 0o755
+    # Shared by every user of the GPUs, like /tmp: sticky, so nobody replaces another's lock file.
+    mode = 0o1777
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         os.mkdir(path, mode)
