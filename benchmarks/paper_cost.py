@@ -17,7 +17,12 @@ without it). On N GPUs the estimate is the larger of the total over N GPUs and t
 (a teacher and its longest student), which no number of GPUs shortens.
 
 ``--quick`` trains on a tenth of the data and scales the times up (a smoke run: less accurate).
-Without a CUDA GPU it says so and exits 0.
+``--budget SECONDS`` stops starting job types once it is spent (teachers first, then the rest in
+the config's order); the total then covers the measured types only and says which were left out.
+Each job type's line is printed (and flushed) when measured, and ``--summary`` (a JSON file) is
+rewritten at once, so a run cut off by a time limit keeps what it measured.
+Without a CUDA GPU it says so and exits 0; ``--dry-run`` (or KDPIPE_GPU_CHECK_DRY_RUN=1) runs it
+on the CPU at toy size instead (figures meaningless): what CI runs to test its plumbing.
 """
 
 import argparse
@@ -35,6 +40,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import check_summary  # noqa: E402
 
 from kdpipe import plan  # noqa: E402
 from kdpipe.data.random_shapes import write_images, write_pairs  # noqa: E402
@@ -123,11 +131,17 @@ def main(argv=None) -> int:
     parser.add_argument("--sharing-speedup", type=float, default=None,
                         help="aggregate speed-up of --jobs-per-gpu processes on one GPU (from gpu_throughput.py)")
     parser.add_argument("--keep", default=None, help="keep the generated data and runs in this folder")
-    parser.add_argument("--cpu-smoke", action="store_true", help="developers: check this script on the CPU, tiny data")
+    parser.add_argument("--budget", type=float, default=None, help="seconds: no job type starts once they are spent")
+    parser.add_argument("--summary", type=Path, default=None, help="JSON file to record each job type in, as measured")
+    parser.add_argument("--dry-run", "--cpu-smoke", dest="cpu_smoke", action="store_true",
+                        default=os.environ.get("KDPIPE_GPU_CHECK_DRY_RUN") == "1",
+                        help="developers: check this script on the CPU, tiny data (also KDPIPE_GPU_CHECK_DRY_RUN=1)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available() and not args.cpu_smoke:
         print("paper_cost: no CUDA GPU is visible, so nothing was measured; run it on a GPU machine "
               "(PYTHONPATH=src python benchmarks/paper_cost.py)")
+        check_summary.update(args.summary, "paper_cost", value={"device": None, "finished": True, "rows": {},
+                                                               "note": "no CUDA GPU: nothing measured"})
         return 0
     config = yaml.safe_load(Path(args.config).read_text())
     for overlay in args.configfile:
@@ -149,8 +163,22 @@ def main(argv=None) -> int:
     teachers: dict[str, Path] = {}
     per_type = []
     t_start = time.perf_counter()
+    name = torch.cuda.get_device_name(0) if torch.cuda.is_available() and not args.cpu_smoke else "CPU (smoke run)"
+    check_summary.update(args.summary, "paper_cost", value={"device": name, "torch": torch.__version__, "scale": scale,
+                                                           "rows": {}, "finished": False})
+    skipped = []
+    longest = 0.0
     for t in order:
         key = types[t][0]
+        if args.budget is not None:
+            left = args.budget - (time.perf_counter() - t_start)
+            if left <= 0 or longest > left:  # a job type costs about what the longest so far did
+                skipped.append(runs[key]["run"])
+                print(f"skipped {runs[key]['family']}/{runs[key]['run']}: {max(left, 0):.0f} s left of the budget",
+                      flush=True)
+                check_summary.update(args.summary, "paper_cost", "skipped", value=skipped)
+                continue
+        t_type = time.perf_counter()
         run = runs[key]
         data = write_data(config, run["dataset"], run["family"], work / "data", scale)
         full_size = data[2] == data[3]
@@ -167,9 +195,17 @@ def main(argv=None) -> int:
                          "precision": measured["metrics"].get("precision"),
                          "graphs": measured["metrics"].get("cuda_graphs"), "h/job": secs / 3600,
                          "h all": secs * len(types[t]) / 3600, "keys": types[t], "secs": secs})
-        print(f"measured {per_type[-1]['type']}: {per_type[-1]['s/epoch']:.2f} s/epoch", flush=True)
+        longest = max(longest, time.perf_counter() - t_type)
+        row = per_type[-1]
+        print(f"measured {row['type']}: {row['s/epoch']:.2f} s/epoch, {row['h/job']:.3f} h/job x {row['jobs']} jobs",
+              flush=True)
+        check_summary.update(args.summary, "paper_cost", "rows", row["type"],
+                             value={k: v for k, v in row.items() if k != "keys"})
+    if not per_type:
+        print("paper_cost: the budget allowed no job type; nothing was measured", flush=True)
+        check_summary.update(args.summary, "paper_cost", "finished", value=True)
+        return 0
     table = pd.DataFrame(per_type)
-    name = torch.cuda.get_device_name(0) if torch.cuda.is_available() and not args.cpu_smoke else "CPU (smoke run)"
     print(f"\nper job type on {name} (torch {torch.__version__}); data at {scale:g} of the real size, times scaled;"
           f" measured in {time.perf_counter() - t_start:.0f} s")
     print(table.drop(columns=["keys", "secs"]).round(3).to_string(index=False))
@@ -177,10 +213,13 @@ def main(argv=None) -> int:
     job_secs = {k: row["secs"] for _, row in table.iterrows() for k in row["keys"]}
     chains = []
     for key, run in runs.items():
-        if run.get("teacher_run"):
+        if run.get("teacher_run") and key in job_secs and (key[0], run["teacher_run"]) in job_secs:
             chains.append(job_secs[key] + job_secs[(key[0], run["teacher_run"])])
     longest = max(chains + list(job_secs.values()))
-    print(f"\nwhole report, one GPU, one job at a time: {total / 3600:.2f} GPU-hours")
+    partial = f" (PARTIAL: {len(skipped)} job types not measured, the time budget ran out)" if skipped else ""
+    print(f"\nwhole report, one GPU, one job at a time: {total / 3600:.2f} GPU-hours{partial}")
+    check_summary.update(args.summary, "paper_cost", "gpu_hours_one_gpu", value=total / 3600)
+    check_summary.update(args.summary, "paper_cost", "partial", value=bool(skipped))
     if args.jobs_per_gpu > 1:
         print(f"one GPU, {args.jobs_per_gpu} jobs sharing it (aggregate speed-up {speedup:g}, measured by "
               f"gpu_throughput.py): {total / speedup / 3600:.2f} hours")
@@ -193,6 +232,7 @@ def main(argv=None) -> int:
         import shutil
 
         shutil.rmtree(work, ignore_errors=True)
+    check_summary.update(args.summary, "paper_cost", "finished", value=True)
     return 0
 
 
