@@ -188,7 +188,7 @@ def fit(
     step = make_step(family, optimizer, acc, device, autocast=autocast, backend=graph_backend)
     with accel_mod.float32_outputs(family, acc):
         _epochs(family, recipe, step, optimizer, outcome, start=start, seed=seed, device=device, fp=fp,
-                resume_path=resume_path, desc=desc, autocast=autocast)
+                resume_path=resume_path, desc=desc)
     failed = getattr(step, "failed", None)  # a graphed step that fell back to eager steps says why
     outcome.settings = {**acc.as_metrics(), "cuda_graphs": step.kind == "graphs" and not failed,
                         "graph_captures": step.captures}
@@ -215,7 +215,7 @@ def _non_finite_message(run: str, name: str, value: float, epoch: int, resume_pa
             "fix the config (e.g. lower lr) and rerun")
 
 
-def _epochs(family, recipe, step, optimizer, outcome, *, start, seed, device, fp, resume_path, desc, autocast):
+def _epochs(family, recipe, step, optimizer, outcome, *, start, seed, device, fp, resume_path, desc):
     model = family.model
     quiet = not sys.stderr.isatty()
     for epoch in range(start, recipe.epochs):
