@@ -51,3 +51,13 @@ rule figures:
         rules.figures_kd.output,
         rules.figures_self_distill.output,
         rules.figures_autoencoder.output,
+
+
+# Tables, figures and the report made from a run that is now missing (a failed, killed or deleted
+# run) are removed before Snakemake plans, and right after a failure, so they are rebuilt with it
+# (kdpipe.stale: Snakemake alone would keep them and say "Nothing to be done").
+sweep_stale_results()
+
+
+onerror:
+    sweep_stale_results(after_failure=True)

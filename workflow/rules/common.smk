@@ -133,3 +133,41 @@ AE_VARIANTS = list(plan.ae_variants(config))
 AE_FIGURES = [f"{RESULTS}/figures/autoencoder-{v}-{d}.png" for v in AE_VARIANTS for d in ("x2y", "y2x")] + [
     f"{RESULTS}/figures/autoencoder-losses.png"
 ]
+
+
+# ---- No table, figure or report outlives a run it was made from (kdpipe.stale) ----
+# Called from the Snakefile once every rule exists (before Snakemake plans) and from its onerror:
+# handler. Snakemake alone keeps them when a run they read is missing (a failed, killed or deleted
+# run): removed, they are rebuilt, and with them the missing run.
+import sys
+
+from kdpipe import stale
+
+
+def aggregate_products():
+    """{output: its inputs under results/} of every rule without wildcards that writes under results/."""
+    products = {}
+    for r in workflow.rules:
+        outputs = [str(f) for f in r.output]
+        if r.has_wildcards() or not outputs or not all(stale.under_results(f) for f in outputs):
+            continue
+        if any(callable(f) for f in r.input):
+            raise WorkflowError(f"rule {r.name}: the stale-results sweep (kdpipe.stale) needs plain input paths")
+        inputs = [str(f) for f in r.input if stale.under_results(str(f))]
+        products.update({out: inputs for out in outputs})
+    return products
+
+
+def sweep_stale_results(after_failure=False):
+    if not workflow.is_main_process or os.environ.get(dvc_sync.SYNCING_ENV):
+        return  # a job's own Snakemake (cluster, group), or dvc-sync's --touch run: the main run decides
+    root = os.getcwd()  # Snakemake's working directory: every path of a rule is relative to it
+    if after_failure:  # this run holds the lock; Snakemake calls onerror only after jobs ran (never -n)
+        remove, note = not workflow.touch, ""
+    elif stale.locked(root):
+        remove, note = False, " (nothing removed now: another Snakemake holds .snakemake/locks here)"
+    else:
+        remove, note = stale.runs_jobs(sys.argv), " (nothing removed: this command runs no job)"
+    _, refused = stale.sweep(root, aggregate_products(), remove=remove, note=note)
+    if refused and not after_failure:  # rebuilt around a stale file, the report would claim to be current
+        raise WorkflowError(f"stale results not removed (see the kdpipe: lines above): {', '.join(refused)}")

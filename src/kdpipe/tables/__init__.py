@@ -1,8 +1,57 @@
 """Tables (pandas) from metrics.json and benchmark files: one module per report section."""
 
+import json
+from contextlib import contextmanager
+from pathlib import Path
+
 import pandas as pd
 
+from kdpipe.errors import InputError
 from kdpipe.io import atomic_write_text, write_json
+
+# Read by every table, and written by every training job (kdpipe.training.run) at the top level.
+METRICS_KEYS = ("run", "seed", "config", "best", "last")
+
+
+class MetricsFileError(InputError):
+    """A metrics.json that is not what a training job writes (damaged, truncated, edited by hand, or
+    from an older kdpipe): deleting it makes Snakemake retrain that run."""
+
+
+def _damaged(path, why: str) -> MetricsFileError:
+    return MetricsFileError(f"{path} is damaged ({why}): delete it and run Snakemake again, which retrains that run")
+
+
+def read_metrics(path) -> dict:
+    """A run's metrics.json, checked to be a JSON object with the keys every run writes."""
+    try:
+        m = json.loads(Path(path).read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise _damaged(path, f"not UTF-8 text: byte {err.object[err.start]:#04x} at offset {err.start}") from None
+    except json.JSONDecodeError as err:
+        raise _damaged(path, f"not JSON: {err}") from None
+    if not isinstance(m, dict):
+        raise _damaged(path, f"a JSON {type(m).__name__}, not an object")
+    missing = [k for k in METRICS_KEYS if k not in m]
+    if missing:
+        raise _damaged(path, f"no {', '.join(repr(k) for k in missing)}")
+    for key in ("config", "best", "last"):
+        if not isinstance(m[key], dict):
+            raise _damaged(path, f"{key!r} is not an object")
+    return m
+
+
+@contextmanager
+def metrics_file(path):
+    """``with metrics_file(path) as m:`` the file's metrics; a key or a value the block finds missing
+    or of the wrong kind is reported as damage to that file, not as a traceback."""
+    m = read_metrics(path)
+    try:
+        yield m
+    except KeyError as err:
+        raise _damaged(path, f"no key {err}") from None
+    except (TypeError, ValueError, IndexError, AttributeError) as err:
+        raise _damaged(path, f"a value it cannot use: {err}") from None
 
 
 def seed_stats(values: pd.Series) -> tuple[float, float]:

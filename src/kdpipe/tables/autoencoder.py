@@ -2,8 +2,7 @@
 
 import pandas as pd
 
-from kdpipe.io import read_json
-from kdpipe.tables import headline, seed_stats, write_tables
+from kdpipe.tables import headline, metrics_file, seed_stats, write_tables
 
 # X -> Y scored as segmentation, Y -> X as image quality; l1_xy is the label-map reconstruction.
 METRICS = ["pixel_acc", "miou", "l1_yx", "psnr_yx", "ssim_yx", "l1_xy"]
@@ -16,21 +15,21 @@ def pairs_text(pairs) -> str:
 def ae_run_rows(metrics_files) -> pd.DataFrame:
     rows = []
     for path in metrics_files:
-        m = read_json(path)
-        cfg, v = m["config"], m["config"]["variant"]
-        row = {
-            "run": m["run"], "dataset": cfg["dataset"], "dataset_source": cfg["dataset_source"], "variant": v["name"],
-            "order": v.get("order", 0),
-            "pairs": pairs_text(v["pairs"]), "adapter": v["adapter"] or "–", "alpha": v["alpha"], "match": v["match"],
-            "norm": v["norm"], "seed": m["seed"], "epochs": cfg["train"]["epochs"], "best_epoch": m["best"]["epoch"],
-            "width": cfg["width"], "params": m["params"], "train_images": m["train_images"],
-            "wall_time_s": m["wall_time_s"], "device": m["device"], "host": m.get("host", ""),
-            "git_commit": m["git_commit"],
-        }
-        for when in ("best", "last"):
-            for k in METRICS:
-                row[f"{when}_{k}"] = m[when][k]
-        rows.append(row)
+        with metrics_file(path) as m:
+            cfg, v = m["config"], m["config"]["variant"]
+            row = {
+                "run": m["run"], "dataset": cfg["dataset"], "dataset_source": cfg["dataset_source"],
+                "variant": v["name"], "order": v.get("order", 0), "pairs": pairs_text(v["pairs"]),
+                "adapter": v["adapter"] or "–", "alpha": v["alpha"], "match": v["match"], "norm": v["norm"],
+                "seed": m["seed"], "epochs": cfg["train"]["epochs"], "best_epoch": m["best"]["epoch"],
+                "width": cfg["width"], "params": m["params"], "train_images": m["train_images"],
+                "wall_time_s": m["wall_time_s"], "device": m["device"], "host": m.get("host", ""),
+                "git_commit": m["git_commit"],
+            }
+            for when in ("best", "last"):
+                for k in METRICS:
+                    row[f"{when}_{k}"] = m[when][k]
+            rows.append(row)
     return pd.DataFrame(rows).sort_values(["dataset", "variant", "seed"]).reset_index(drop=True)
 
 

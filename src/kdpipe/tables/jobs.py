@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from kdpipe.io import atomic_write_text, read_json
+from kdpipe.io import atomic_write_text
+from kdpipe.tables import metrics_file
 
 
 def read_benchmark(path) -> dict:
@@ -21,13 +22,13 @@ def jobs_table(benchmark_files, metrics_files, *, out_csv) -> pd.DataFrame:
     """Each job's wall time and peak memory, with where training jobs ran (from their metrics.json)."""
     where = {}
     for path in metrics_files:
-        m = read_json(path)
-        graphs = m.get("cuda_graphs")
-        where[f"{m['config']['dataset']}-{m['family']}-{m['run']}"] = {
-            "device": m["device"], "host": m.get("host", ""), "slurm_job_id": m.get("slurm_job_id", ""),
-            # runs from before these keys existed: eager fp32 (the only loop there was)
-            "precision": m.get("precision", "fp32"), "cuda_graphs": "" if graphs is None and "precision" in m
-            else ("yes" if graphs else "no")}
+        with metrics_file(path) as m:
+            graphs = m.get("cuda_graphs")
+            where[f"{m['config']['dataset']}-{m['family']}-{m['run']}"] = {
+                "device": m["device"], "host": m.get("host", ""), "slurm_job_id": m.get("slurm_job_id", ""),
+                # runs from before these keys existed: eager fp32 (the only loop there was)
+                "precision": m.get("precision", "fp32"), "cuda_graphs": "" if graphs is None and "precision" in m
+                else ("yes" if graphs else "no")}
     present = [p for p in benchmark_files if Path(p).exists()]
     for p in sorted(set(map(str, benchmark_files)) - set(map(str, present))):
         print(f"kdpipe: no benchmark file {p} (made elsewhere or by hand); left out of the jobs table")

@@ -7,10 +7,9 @@ come from the registry (``kdpipe.methods``); nothing here names a method.
 import pandas as pd
 
 from kdpipe import methods
-from kdpipe.io import read_json
 from kdpipe.plan import pair_id
 from kdpipe.references import REPDISTILLER_SOURCE, teacher_reference
-from kdpipe.tables import headline, seed_stats, write_tables
+from kdpipe.tables import headline, metrics_file, seed_stats, write_tables
 
 FIGURES = ["best_top1", "last_top1", "best_top5", "last_top5"]
 # Two-sided 5% critical values of Student's t by degrees of freedom (seeds - 1): what a paired
@@ -50,23 +49,23 @@ def kd_run_rows(metrics_files) -> pd.DataFrame:
     """One row per trained student: a mutual-learning run gives a row for each of its students."""
     rows = []
     for path in metrics_files:
-        m = read_json(path)
-        cfg = m["config"]
-        method = cfg["method"]
-        students = 1 if method == "teacher" else methods.get(method).students
-        for member in range(1, students + 1):
-            sfx = methods.score_suffix(member)
-            best = m["best"] if member == 1 else m[f"best_top1{sfx}"]
-            rows.append({
-                "run": m["run"], "dataset": cfg["dataset"], "dataset_source": cfg.get("dataset_source", ""),
-                "method": method, "member": member, "entry": entry_name(method, member), "arch": cfg["arch"],
-                "teacher": cfg.get("teacher", ""), "seed": m["seed"],
-                "best_top1": best[f"top1{sfx}"], "best_top5": best[f"top5{sfx}"], "best_epoch": best["epoch"],
-                "last_top1": m["last"][f"top1{sfx}"], "last_top5": m["last"][f"top5{sfx}"],
-                "epochs": cfg["train"]["epochs"], "train_images": m["train_images"], "params": m["params"],
-                "settings": _settings(cfg), "wall_time_s": m["wall_time_s"], "device": m["device"],
-                "host": m.get("host", ""), "git_commit": m["git_commit"],
-            })
+        with metrics_file(path) as m:
+            cfg = m["config"]
+            method = cfg["method"]
+            students = 1 if method == "teacher" else methods.get(method).students
+            for member in range(1, students + 1):
+                sfx = methods.score_suffix(member)
+                best = m["best"] if member == 1 else m[f"best_top1{sfx}"]
+                rows.append({
+                    "run": m["run"], "dataset": cfg["dataset"], "dataset_source": cfg.get("dataset_source", ""),
+                    "method": method, "member": member, "entry": entry_name(method, member), "arch": cfg["arch"],
+                    "teacher": cfg.get("teacher", ""), "seed": m["seed"],
+                    "best_top1": best[f"top1{sfx}"], "best_top5": best[f"top5{sfx}"], "best_epoch": best["epoch"],
+                    "last_top1": m["last"][f"top1{sfx}"], "last_top5": m["last"][f"top5{sfx}"],
+                    "epochs": cfg["train"]["epochs"], "train_images": m["train_images"], "params": m["params"],
+                    "settings": _settings(cfg), "wall_time_s": m["wall_time_s"], "device": m["device"],
+                    "host": m.get("host", ""), "git_commit": m["git_commit"],
+                })
     order = {name: i for i, name in enumerate(methods.order())}
     df = pd.DataFrame(rows)
     df["_order"] = df["method"].map(order)

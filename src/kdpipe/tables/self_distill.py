@@ -2,8 +2,7 @@
 
 import pandas as pd
 
-from kdpipe.io import read_json
-from kdpipe.tables import headline, seed_stats, write_tables
+from kdpipe.tables import headline, metrics_file, seed_stats, write_tables
 from kdpipe.plan import METHOD_LABELS
 
 EXITS = ["exit1", "exit2", "exit3", "exit4", "ensemble"]
@@ -18,22 +17,22 @@ def trained_exits(method: str) -> list[str]:
 def sd_run_rows(metrics_files) -> pd.DataFrame:
     rows = []
     for path in metrics_files:
-        m = read_json(path)
-        cfg = m["config"]
-        row = {
-            "run": m["run"], "dataset": cfg["dataset"], "dataset_source": cfg.get("dataset_source", ""),
-            "method": cfg["method"], "arch": cfg["arch"], "width": cfg["width"], "seed": m["seed"],
-            "epochs": cfg["train"]["epochs"], "best_epoch": m["best"]["epoch"], "train_images": m["train_images"],
-            "wall_time_s": m["wall_time_s"], "device": m["device"], "host": m.get("host", ""),
-            "git_commit": m["git_commit"], **{f"sd_{k}": v for k, v in cfg.get("self_distill", {}).items()},
-        }
-        for cost in m["exits"]:
-            name = cost["exit"] if cost["exit"] == "ensemble" else f"exit{cost['exit']}"
-            row[f"params_{name}"], row[f"macs_{name}"] = cost["params"], cost["macs"]
-            for when in ("best", "last"):
-                for k in ("top1", "top5"):
-                    row[f"{when}_{k}_{name}"] = m[when][f"{k}_{name}"]
-        rows.append(row)
+        with metrics_file(path) as m:
+            cfg = m["config"]
+            row = {
+                "run": m["run"], "dataset": cfg["dataset"], "dataset_source": cfg.get("dataset_source", ""),
+                "method": cfg["method"], "arch": cfg["arch"], "width": cfg["width"], "seed": m["seed"],
+                "epochs": cfg["train"]["epochs"], "best_epoch": m["best"]["epoch"], "train_images": m["train_images"],
+                "wall_time_s": m["wall_time_s"], "device": m["device"], "host": m.get("host", ""),
+                "git_commit": m["git_commit"], **{f"sd_{k}": v for k, v in cfg.get("self_distill", {}).items()},
+            }
+            for cost in m["exits"]:
+                name = cost["exit"] if cost["exit"] == "ensemble" else f"exit{cost['exit']}"
+                row[f"params_{name}"], row[f"macs_{name}"] = cost["params"], cost["macs"]
+                for when in ("best", "last"):
+                    for k in ("top1", "top5"):
+                        row[f"{when}_{k}_{name}"] = m[when][f"{k}_{name}"]
+            rows.append(row)
     return pd.DataFrame(rows).sort_values(["dataset", "method", "arch", "seed"]).reset_index(drop=True)
 
 
