@@ -109,6 +109,7 @@ def test_only_paths_inside_results_may_go(tmp_path):
 
 @pytest.mark.parametrize("argv, runs", [
     (["/usr/bin/snakemake", "results/report.pdf", "--cores", "2"], True),
+    (["/venv/lib/python3.11/site-packages/snakemake/__main__.py", "-c1", "--keep-going"], True),
     (["/usr/bin/snakemake", "-np", "results/report.pdf"], False),
     (["/usr/bin/snakemake", "--dry-run"], False),
     (["/usr/bin/snakemake", "--touch", "--cores", "1"], False),
@@ -119,6 +120,14 @@ def test_only_paths_inside_results_may_go(tmp_path):
 ])
 def test_only_a_run_of_jobs_removes(argv, runs):
     assert stale.runs_jobs(argv) is runs
+
+
+def test_a_locked_directory_is_left_to_the_snakemake_holding_it(tmp_path):
+    assert not stale.locked(tmp_path)
+    (tmp_path / ".snakemake/locks").mkdir(parents=True)
+    assert not stale.locked(tmp_path)  # an empty folder holds no lock
+    (tmp_path / ".snakemake/locks/0.output.lock").write_text("results/report.pdf\n")
+    assert stale.locked(tmp_path)
 
 
 # ---- a damaged metrics.json: one kdpipe: line naming it -------------------------------------
@@ -141,6 +150,11 @@ def test_damaged_metrics_file_is_named(tmp_path, content, why):
     message = str(err.value)
     assert message.startswith(f"{path} is damaged ({why}") and "\n" not in message
     assert message.endswith("delete it and run Snakemake again, which retrains that run")
+
+
+def test_missing_metrics_file_is_named(tmp_path):
+    with pytest.raises(MetricsFileError, match=f"^cannot read {tmp_path}/metrics.json: No such file or directory$"):
+        read_metrics(tmp_path / "metrics.json")
 
 
 def test_tables_command_fails_on_one_line_naming_the_file(tmp_path, capsys):

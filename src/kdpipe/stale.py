@@ -126,6 +126,7 @@ def runs_jobs(argv: list[str]) -> bool:
 
 
 def locked(root: str | os.PathLike) -> bool:
-    """Another Snakemake works in ``root`` (or a killed one left its lock: `--unlock` clears it)."""
+    """Another Snakemake works in ``root`` (or a killed one left its lock: `--unlock` clears it), as
+    Snakemake's default (file) record keeps its locks."""
     locks = Path(root) / ".snakemake" / "locks"
     return locks.is_dir() and any(locks.iterdir())

@@ -19,13 +19,18 @@ class MetricsFileError(InputError):
 
 
 def _damaged(path, why: str) -> MetricsFileError:
+    why = " ".join(why.split())  # one line, whatever the error said
     return MetricsFileError(f"{path} is damaged ({why}): delete it and run Snakemake again, which retrains that run")
 
 
 def read_metrics(path) -> dict:
     """A run's metrics.json, checked to be a JSON object with the keys every run writes."""
     try:
-        m = json.loads(Path(path).read_bytes().decode("utf-8"))
+        data = Path(path).read_bytes()
+    except OSError as err:
+        raise MetricsFileError(f"cannot read {path}: {err.strerror}") from None
+    try:
+        m = json.loads(data.decode("utf-8"))
     except UnicodeDecodeError as err:
         raise _damaged(path, f"not UTF-8 text: byte {err.object[err.start]:#04x} at offset {err.start}") from None
     except json.JSONDecodeError as err:
