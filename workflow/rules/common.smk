@@ -136,9 +136,9 @@ AE_FIGURES = [f"{RESULTS}/figures/autoencoder-{v}-{d}.png" for v in AE_VARIANTS 
 
 
 # ---- No table, figure or report outlives a run it was made from (kdpipe.stale) ----
-# Called from the Snakefile once every rule exists (before Snakemake plans) and from its onerror:
-# handler. Snakemake alone keeps them when a run they read is missing (a failed, killed or deleted
-# run): removed, they are rebuilt, and with them the missing run.
+# Snakemake alone keeps them when a run they were made from is missing (a failed, killed or
+# deleted run); removed, they are rebuilt, and the missing run with them. The Snakefile calls
+# sweep_stale_results() after its includes (before Snakemake plans) and in its onerror handler.
 import sys
 
 from kdpipe import stale
@@ -152,7 +152,7 @@ def aggregate_products():
         if r.has_wildcards() or not outputs or not all(stale.under_results(f) for f in outputs):
             continue
         if any(callable(f) for f in r.input):
-            raise WorkflowError(f"rule {r.name}: the stale-results sweep (kdpipe.stale) needs plain input paths")
+            raise WorkflowError(f"{r.name}: the stale-results sweep (kdpipe.stale) needs plain input paths")
         inputs = [str(f) for f in r.input if stale.under_results(str(f))]
         products.update({out: inputs for out in outputs})
     return products
