@@ -155,6 +155,19 @@ def cmd_dvc_sync(a):
     print(describe(sync(Path.cwd())))
 
 
+def cmd_docs(a):
+    from kdpipe.docs_tables import update
+
+    stale = update(Path(), check=a.check)
+    if a.check:
+        if stale:
+            sys.exit(f"kdpipe: {stale[0]} differs from the registries (kdpipe.methods, kdpipe.architectures); "
+                     "regenerate its tables with `kdpipe docs`")
+        print("docs match the registries")
+        return
+    print(f"rewrote {', '.join(map(str, stale))}" if stale else "docs already match the registries")
+
+
 def _tables_parser(sub, name: str, help_: str, func) -> None:
     """The tables-* steps read metrics.json files and write a per-run and a summary table."""
     s = sub.add_parser(name, help=help_)
@@ -276,6 +289,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("dvc-sync", help="after `dvc pull`: mark outputs that match dvc.lock up to date for "
                        "Snakemake, remove those that do not")
     s.set_defaults(func=cmd_dvc_sync)
+
+    s = sub.add_parser("docs", help="rewrite the tables in docs/*.md (and README.md) that restate the method "
+                       "and architecture registries")
+    s.add_argument("--check", action="store_true", help="fail, naming the page, if a page differs from what would "
+                   "be written")
+    s.set_defaults(func=cmd_docs)
 
     s = sub.add_parser("report", help="assemble results/report.pdf from tables and figures")
     s.add_argument("--name", required=True, help="the preset's name, for the title page")
