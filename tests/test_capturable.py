@@ -106,7 +106,7 @@ def test_the_check_leaves_the_family_untouched(teacher_file):
 def _register(monkeypatch, name: str, step) -> dict:
     """A method registered for one test (removed after it), planned like kd_soft."""
     spec = methods.get("kd_soft")
-    toy = methods.Method(name, name, "#123456", "CE", loss="cross_entropy", needs_teacher=True, step=step)
+    toy = methods.Method(name, name, "#123456", "CE", needs_teacher=True, step=step)
     monkeypatch.setitem(methods.METHODS, name, toy)
     return {**RUNS[("classify", spec.name)], "method": name, "method_params": {}, "run": f"{name}-s0"}
 

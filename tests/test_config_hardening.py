@@ -375,7 +375,10 @@ def test_run_config_ranges_are_the_config_schemas():
     assert run_sd["self_distill"]["properties"]["temperature"] == _strip(defs["temperature"])
     assert run_sd["self_distill"]["properties"]["lam"] == sd["lam"]
     assert run_sd["width"] == sd["width"]
-    assert schemas["classify"]["properties"]["arch"] == {"enum": sorted(defs["arch"]["enum"])}
+    from kdpipe.config_schema import config_schema as merged_schema  # $defs/arch: the architecture registry's
+
+    arch_enum = merged_schema(SCHEMA)["$defs"]["arch"]["enum"]
+    assert schemas["classify"]["properties"]["arch"] == {"enum": sorted(arch_enum)}
     assert schemas["classify"]["properties"]["train_subset"] == _strip(
         config_schema["properties"]["classify"]["properties"]["train_subset"])
     from kdpipe.training.run import FAMILIES

@@ -3,6 +3,7 @@ report: a method registered here (and only here) appears in all of them. Config 
 methods and bad settings, checked in-process against the generated schema (no Snakemake start)."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import matplotlib.colors
@@ -43,7 +44,7 @@ def valid(config: dict) -> dict:
 def toy_method(monkeypatch):
     """A method added to the registry for one test, and removed after it: nothing else is edited."""
     toy = methods.Method(
-        "toy_kd", "toy distillation", "#a1b2c3", "CE + 0·toy", loss="cross_entropy", needs_teacher=True,
+        "toy_kd", "toy distillation", "#a1b2c3", "CE + 0·toy", needs_teacher=True,
         step=lambda o, p: losses.cross_entropy(o.logits * p["gain"], o.targets),
         params={"gain": methods.Param(1.5, {"type": "number", "exclusiveMinimum": 0}, "logit gain")},
         references={("resnet56", "resnet20"): 12.34}, reference_source="the toy paper (CIFAR-100)")
@@ -62,7 +63,7 @@ def test_every_method_is_complete():
     for name, m in methods.METHODS.items():
         assert m.name == name and m.label and m.formula
         assert matplotlib.colors.is_color_like(m.colour)
-        assert callable(m.loss_function) and m.loss_function is getattr(losses, m.loss)
+        assert callable(m.step)
         assert set(m.features) <= {"student", "teacher"}
         if "teacher" in m.features:
             assert m.needs_teacher
@@ -74,13 +75,28 @@ def test_every_method_is_complete():
 
 def test_published_references_match_references_md():
     ref = {name: m.references for name, m in methods.METHODS.items()}
-    assert ref["dkd"] == {("resnet56", "resnet20"): 71.97, ("resnet32x4", "resnet8x4"): 76.32}
-    assert ref["fitnet"] == {("resnet56", "resnet20"): 69.21, ("resnet32x4", "resnet8x4"): 73.50}
-    assert ref["at"] == {("resnet56", "resnet20"): 70.55, ("resnet32x4", "resnet8x4"): 73.44}
-    assert ref["kd_soft"][("resnet56", "resnet20")] == 70.66 and ref["alone"][("resnet32x4", "resnet8x4")] == 72.50
+    assert ref["dkd"] == {("resnet56", "resnet20"): 71.97, ("resnet32x4", "resnet8x4"): 76.32, ("wrn_40_2", "wrn_16_2"): 76.24}
+    assert ref["fitnet"] == {("resnet56", "resnet20"): 69.21, ("resnet32x4", "resnet8x4"): 73.50, ("wrn_40_2", "wrn_16_2"): 73.58}
+    assert ref["at"] == {("resnet56", "resnet20"): 70.55, ("resnet32x4", "resnet8x4"): 73.44, ("wrn_40_2", "wrn_16_2"): 74.08}
+    assert ref["kd_soft"][("resnet56", "resnet20")] == 70.66 and ref["alone"] == {}  # alone: the architecture's
+    wrn = {name: r.get(("wrn_40_2", "wrn_16_2")) for name, r in ref.items()}
+    assert wrn == {"alone": None, "kd_soft": 74.92, "kd_hard": None, "dkd": 76.24, "fitnet": 73.58, "at": 74.08,
+                   "dml": None}
     assert methods.reference("dml", "resnet110", "resnet32") == 71.19  # a resnet32 peer, whatever the teacher
     assert methods.reference("dml", "resnet56", "resnet20") is None
     assert methods.METHODS["dml"].students == 2 and not methods.METHODS["dml"].needs_teacher
+
+
+def test_teacher_and_alone_references_are_the_architectures():
+    from kdpipe.architectures import REPDISTILLER
+    from kdpipe.references import published_top1
+
+    assert published_top1("teacher", "wrn_40_2", "wrn_16_2") == (75.61, REPDISTILLER)
+    assert published_top1("alone", "wrn_40_2", "wrn_16_2") == (73.26, REPDISTILLER)
+    assert published_top1("alone", "resnet110", "resnet32") == (71.14, REPDISTILLER)  # whichever the teacher
+    assert published_top1("teacher", "resnet14", "resnet8") == (None, "")
+    assert published_top1("kd_soft", "wrn_40_2", "wrn_16_2") == (74.92, methods.get("kd_soft").reference_source)
+    assert published_top1("kd_hard", "wrn_40_2", "wrn_16_2") == (None, "")
 
 
 def test_shipped_configs_run_every_method_and_validate():
@@ -139,7 +155,7 @@ def test_settings_for_a_method_not_run_are_refused():
 
 
 def test_untaught_method_settings_must_agree_across_pairs(monkeypatch):
-    solo = methods.Method("solo", "solo", "#010203", "CE", loss="cross_entropy",
+    solo = methods.Method("solo", "solo", "#010203", "CE",
                           step=lambda o, p: losses.cross_entropy(o.logits, o.targets),
                           params={"k": methods.Param(1, {"type": "integer"}, "a setting")})
     monkeypatch.setitem(methods.METHODS, "solo", solo)
@@ -418,12 +434,12 @@ def _stem(stride: int, padding: int):
 def test_attention_transfer_pairs_only_maps_that_pool_by_integer_factors(monkeypatch, tmp_path):
     """On 8x8 images resnet8's stages are 8, 4, 2 wide: a student at 4, 2, 1 is pooled (kernel 2);
     one at 6, 3, 2 is refused when the family is built, in one line naming the pair."""
-    from kdpipe import models
+    from kdpipe import architectures
     from kdpipe.errors import InputError, PairError
     from kdpipe.training.classify import make_classifier
 
-    monkeypatch.setitem(models.ARCHITECTURES, "half8", _stem(2, 1))
-    monkeypatch.setitem(models.ARCHITECTURES, "crop8", _stem(1, 0))
+    monkeypatch.setitem(architectures.ARCHITECTURES, "half8", replace(architectures.get("resnet8"), build=_stem(2, 1)))
+    monkeypatch.setitem(architectures.ARCHITECTURES, "crop8", replace(architectures.get("resnet8"), build=_stem(1, 0)))
     teacher = tmp_path / "teacher.pt"
     torch.save({"arch": "resnet8", "num_classes": 4, "state_dict": build_model("resnet8", 4).state_dict()}, teacher)
     split = {"images": torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8), "labels": torch.arange(4),
@@ -444,3 +460,33 @@ def test_attention_transfer_pairs_only_maps_that_pool_by_integer_factors(monkeyp
         "method 'at' cannot pair teacher resnet8 with student crop8: stage 1 maps are 6x6 (student) and 8x8 "
         "(teacher), and attention transfer pools the larger by an integer factor only; drop this pair from "
         "classify.pairs or at from classify.methods")
+
+
+@pytest.mark.parametrize("method, terms", [("kd_soft", {"ce", "kl"}), ("fitnet", {"ce", "hint"}),
+                                           ("at", {"ce", "at1", "at2", "at3"})])
+def test_the_wrn_pair_trains_with_feature_methods(tmp_path, method, terms):
+    """wrn_40_2 -> wrn_16_2 (both widen factor 2: stages 32, 64, 128 channels on maps 32, 16, 8 for
+    both): the family builds (attention transfer's pairing check passes, FitNets'
+    regressor maps stage 2), and two SGD steps on random images move the student, finitely."""
+    from kdpipe.training.classify import make_classifier
+
+    teacher = tmp_path / "teacher.pt"
+    torch.manual_seed(0)
+    torch.save({"arch": "wrn_40_2", "num_classes": 4, "state_dict": build_model("wrn_40_2", 4).state_dict()}, teacher)
+    split = {"images": torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8), "labels": torch.arange(4),
+             "classes": ["a", "b", "c", "d"]}
+    cfg = {"arch": "wrn_16_2", "teacher": "wrn_40_2", "method": method,
+           "method_params": methods.get(method).defaults(), "train": {"batch_size": 2}, "augment": False,
+           "train_subset": None, "seed": 0}
+    family = make_classifier(cfg, split, split, torch.device("cpu"), teacher)[0]
+    if method == "fitnet":  # stage 2: student 64 channels -> teacher 64 channels at 16 x 16
+        assert tuple(family.extras["regressor"](torch.zeros(1, 64, 16, 16)).shape) == (1, 64, 16, 16)
+    before = [p.detach().clone() for p in family.served_model.parameters()]
+    optimiser = torch.optim.SGD(family.model.parameters(), lr=0.01)
+    for batch in list(family.train_batches(torch.Generator().manual_seed(0)))[:2]:
+        total, got = family.loss(batch)
+        assert set(got) == terms and torch.isfinite(total) and all(torch.isfinite(t) for t in got.values())
+        optimiser.zero_grad()
+        total.backward()
+        optimiser.step()
+    assert any(not torch.equal(a, b) for a, b in zip(before, family.served_model.parameters()))

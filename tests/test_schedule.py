@@ -55,3 +55,31 @@ def test_snakemake_assigns_the_priorities(tmp_path):
     assert set(prio) == set(runs), out[-3000:]
     teachers = {k for k, r in runs.items() if r.get("role") == "teacher"}
     assert min(prio[k] for k in teachers) > max(v for k, v in prio.items() if k not in teachers)
+
+
+def test_an_architecture_without_an_epoch_time_is_refused_at_config_time(monkeypatch):
+    """Never another architecture's time: a pair naming one whose registry entry has no epoch_s stops
+    the config check, naming the key, the architecture and what to add."""
+    from dataclasses import replace
+
+    from snakemake.utils import update_config
+
+    from kdpipe import architectures
+    from kdpipe.config_checks import ConfigError, check_config
+    from kdpipe.config_schema import validate_config
+
+    cfg: dict = {}
+    for f in ("config.yaml", "presets/demo.yaml"):  # demo: resnet14 -> resnet8
+        update_config(cfg, yaml.safe_load((ROOT / f).read_text()))
+    validate_config(cfg, ROOT / "workflow" / "schemas" / "config.schema.yaml")
+    check_config(cfg)
+    assert schedule.classify_epoch_s("resnet14") == architectures.get("resnet14").epoch_s == 3.63
+    monkeypatch.setitem(architectures.ARCHITECTURES, "resnet14", replace(architectures.get("resnet14"), epoch_s=None))
+    with pytest.raises(ConfigError) as err:
+        check_config(cfg)
+    assert str(err.value) == (
+        "classify.pairs[0].teacher: resnet14 has no expected epoch time; add epoch_s to its entry in "
+        "kdpipe.architectures (seconds per epoch of 50,000 CIFAR images on one GPU, eager fp32; an estimate "
+        "labelled as one will do)")
+    with pytest.raises(ValueError, match="resnet14"):
+        schedule.classify_epoch_s("resnet14")

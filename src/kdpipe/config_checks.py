@@ -12,7 +12,7 @@ stops the run before any job starts. Kept free of heavy imports: Snakemake impor
 import math
 import re
 
-from kdpipe import methods, plan
+from kdpipe import architectures, methods, plan
 from kdpipe.data.sources import CIFAR, SYNTHETIC_NUM_CLASSES
 
 # The schema's $defs/safe_name (a test keeps the two equal): applied here to the names the plan
@@ -195,6 +195,19 @@ def run_names_are_safe(config: dict) -> None:
                 )
 
 
+def architectures_have_epoch_times(config: dict) -> None:
+    """The schedule orders jobs by each architecture's expected epoch time: one the registry does not
+    know would be guessed, so it is refused here rather than given another architecture's time."""
+    for i, pair in enumerate(config["classify"]["pairs"]):
+        for role in ("teacher", "student"):
+            arch = architectures.get(pair[role])
+            if arch.epoch_s is None:
+                raise ConfigError(
+                    f"classify.pairs[{i}].{role}: {arch.name} has no expected epoch time; add epoch_s to its "
+                    f"entry in kdpipe.architectures (seconds per epoch of 50,000 CIFAR images on one GPU, "
+                    f"eager fp32; an estimate labelled as one will do)")
+
+
 CHECKS = [
     datasets_are_defined,
     autoencoder_data_has_its_own_name,
@@ -204,6 +217,7 @@ CHECKS = [
     untaught_runs_agree,
     some_method_learns_from_the_teacher,
     run_names_are_safe,
+    architectures_have_epoch_times,
 ]
 
 

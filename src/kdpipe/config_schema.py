@@ -1,5 +1,6 @@
-"""The config's JSON schema: workflow/schemas/config.schema.yaml plus what the method registry
-generates (``classify.methods``, ``classify.method_params`` and a pair's ``method_params``).
+"""The config's JSON schema: workflow/schemas/config.schema.yaml plus what the registries generate:
+the architectures (``$defs/arch``, kdpipe.architectures) and the methods (``classify.methods``,
+``classify.method_params`` and a pair's ``method_params``, kdpipe.methods).
 
 Snakemake's ``validate`` reads a schema from a file only, so ``schema_file`` writes the merged
 schema to a temporary file for it; the same merged schema validates in-process (tests, dvc-yaml).
@@ -12,12 +13,14 @@ from pathlib import Path
 
 import yaml
 
-from kdpipe import methods
+from kdpipe import architectures, methods
 
 
 def config_schema(path) -> dict:
-    """The YAML schema at ``path`` with the registry's fragment merged under ``classify``."""
+    """The YAML schema at ``path`` with the architecture registry's ``$defs/arch`` and the method
+    registry's fragment merged under ``classify``."""
     schema = yaml.safe_load(Path(path).read_text())
+    schema.setdefault("$defs", {})["arch"] = architectures.schema_fragment()
     fragment = methods.schema_fragment()
     classify = schema["properties"]["classify"]["properties"]
     classify.update(fragment)

@@ -3,9 +3,11 @@ config schema, the tables, figures and report read.
 
 A method is one ``Method`` entry: its name (the word in run names and in ``classify.methods``), the
 label and colour the report uses, whether it needs a teacher, which stage outputs it reads, its
-hyper-parameters (default, JSON-schema fragment, help), its loss (the name of a pure function in
-``kdpipe.losses``) and ``step``, the one line that feeds that loss what the classifier computed, the
-published CIFAR-100 numbers to print beside ours, and how many students it trains. Adding a method
+hyper-parameters (default, JSON-schema fragment, help), ``step``, the one line that calls its loss (a
+pure function in ``kdpipe.losses``, named there and nowhere else) with what the classifier computed,
+the published CIFAR-100 numbers of its student per (teacher, student) pair to print beside ours (the
+teacher's and the student alone's are the architecture's: kdpipe.architectures), and how many
+students it trains. Adding a method
 is one entry here plus its loss and tests (README: "Adding a method").
 
 This module does not import torch (the Snakefile reads it when the DAG loads); a step imports
@@ -15,7 +17,6 @@ The teacher is a role, not a method: it trains alone with cross-entropy, once pe
 seed, and every method that ``needs_teacher`` learns from it.
 """
 
-import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -54,7 +55,6 @@ class Method:
     label: str
     colour: str  # matplotlib colour of its bars and curves
     formula: str  # the loss in one line, for the report
-    loss: str  # the name of its pure function in kdpipe.losses
     step: Callable[[Forward, dict], tuple]  # (forward, resolved params) -> (total, terms)
     needs_teacher: bool = False
     features: tuple[str, ...] = ()  # "student" and/or "teacher": stage outputs the step reads
@@ -76,13 +76,11 @@ class Method:
     def defaults(self) -> dict:
         return {k: p.default for k, p in self.params.items()}
 
-    @property
-    def loss_function(self) -> Callable:
-        return getattr(_losses(), self.loss)
-
 
 def _losses():
-    return importlib.import_module("kdpipe.losses")
+    from kdpipe import losses  # torch: imported when a step first runs, not when the DAG loads
+
+    return losses
 
 
 TEMPERATURE = {"type": "number", "exclusiveMinimum": 0}
@@ -132,58 +130,58 @@ BASELINE = "alone"  # the method every other one is compared with (paired by see
 METHODS: dict[str, Method] = {m.name: m for m in [
     Method(
         "alone", "student alone", "#1f77b4", "CE(student, y): the baseline every method is read against",
-        loss="cross_entropy", step=lambda o, p: _losses().cross_entropy(o.logits, o.targets),
-        epoch_key=epoch_independent,
-        references={("resnet56", "resnet20"): 69.06, ("resnet110", "resnet32"): 71.14,
-                    ("resnet32x4", "resnet8x4"): 72.50},
-        reference_source="RepDistiller README (CIFAR-100, last epoch)"),
+        step=lambda o, p: _losses().cross_entropy(o.logits, o.targets),
+        epoch_key=epoch_independent),  # published numbers: the student architecture's "alone"
     Method(
         "kd_soft", "KD soft", "#d62728", "(1-a)·CE + a·T²·KL(teacher_T ‖ student_T)",
-        loss="kd_soft", needs_teacher=True,
+        needs_teacher=True,
         step=lambda o, p: _losses().kd_soft(o.logits, o.teacher_logits, o.targets, p["temperature"], p["alpha"]),
         epoch_key=epoch_independent,
         params={"temperature": Param(4, TEMPERATURE, "soft targets: softmax(logits / T); the KL is scaled by T²"),
                 "alpha": Param(0.9, UNIT, "weight of the KL term; 1 - alpha weights CE with the labels")},
         references={("resnet56", "resnet20"): 70.66, ("resnet110", "resnet32"): 73.08,
-                    ("resnet32x4", "resnet8x4"): 73.33},
+                    ("resnet32x4", "resnet8x4"): 73.33, ("wrn_40_2", "wrn_16_2"): 74.92},
         reference_source="RepDistiller README (CIFAR-100, last epoch)"),
     Method(
         "kd_hard", "KD hard", "#ff7f0e", "(1-a)·CE(labels) + a·CE(teacher's argmax)",
-        loss="kd_hard", needs_teacher=True,
+        needs_teacher=True,
         step=lambda o, p: _losses().kd_hard(o.logits, o.teacher_logits, o.targets, p["alpha"]),
         epoch_key=epoch_independent,
         params={"alpha": Param(0.9, UNIT, "weight of CE with the teacher's argmax; 1.0 = teacher labels only")}),
     Method(
         "dkd", "DKD", "#9467bd", "CE + w·(a·TCKD + b·NCKD), w = min(epoch / warmup, 1)",
-        loss="dkd", needs_teacher=True, step=_dkd_step, epoch_key=_dkd_warmup,
+        needs_teacher=True, step=_dkd_step, epoch_key=_dkd_warmup,
         params={"temperature": Param(4, TEMPERATURE, "T of both KL terms (each scaled by T²)"),
                 "alpha": Param(1.0, WEIGHT, "weight of TCKD (target vs rest)"),
                 "beta": Param(8.0, WEIGHT, "weight of NCKD (among the non-target classes)"),
                 "warmup": Param(20, {"type": "integer", "minimum": 0},
                                 "epochs over which the distillation weight ramps up to 1 (0: none)")},
-        references={("resnet56", "resnet20"): 71.97, ("resnet32x4", "resnet8x4"): 76.32},
+        references={("resnet56", "resnet20"): 71.97, ("resnet32x4", "resnet8x4"): 76.32,
+                    ("wrn_40_2", "wrn_16_2"): 76.24},
         reference_source=REPDISTILLER),
     Method(
         "fitnet", "FitNets", "#2ca02c", "CE + b·MSE(regressor(f_s), f_t), one stage",
-        loss="fitnet", needs_teacher=True, features=("student", "teacher"), step=_fitnet_step,
+        needs_teacher=True, features=("student", "teacher"), step=_fitnet_step,
         extra_modules=_fitnet_modules, epoch_key=epoch_independent,
         params={"beta": Param(100.0, WEIGHT, "weight of the hint (mean squared difference)"),
                 "stage": Param(2, {"type": "integer", "minimum": 1, "maximum": 3},
                                "stage whose output is the hint (RepDistiller's hint_layer 2: the middle stage)")},
-        references={("resnet56", "resnet20"): 69.21, ("resnet32x4", "resnet8x4"): 73.50},
+        references={("resnet56", "resnet20"): 69.21, ("resnet32x4", "resnet8x4"): 73.50,
+                    ("wrn_40_2", "wrn_16_2"): 73.58},
         reference_source=REPDISTILLER),
     Method(
         "at", "attention transfer", "#8c564b", "CE + b·Σ_stages mean((a_s − a_t)²), a = normalise(mean_c f^p)",
-        loss="attention", needs_teacher=True, features=("student", "teacher"),
+        needs_teacher=True, features=("student", "teacher"),
         step=lambda o, p: _losses().attention(o.logits, o.targets, o.features, o.teacher_features, p["beta"], p["p"]),
         epoch_key=epoch_independent, check_pair=_attention_pair,
         params={"beta": Param(1000.0, WEIGHT, "weight of the attention terms"),
                 "p": Param(2, {"type": "number", "exclusiveMinimum": 0}, "attention = mean over channels of f^p")},
-        references={("resnet56", "resnet20"): 70.55, ("resnet32x4", "resnet8x4"): 73.44},
+        references={("resnet56", "resnet20"): 70.55, ("resnet32x4", "resnet8x4"): 73.44,
+                    ("wrn_40_2", "wrn_16_2"): 74.08},
         reference_source=REPDISTILLER),
     Method(
         "dml", "mutual learning", "#17becf", "two students, each CE + KL(p_peer ‖ p_self), no teacher",
-        loss="dml", students=2, step=lambda o, p: _losses().dml([o.logits, *o.peers], o.targets),
+        students=2, step=lambda o, p: _losses().dml([o.logits, *o.peers], o.targets),
         epoch_key=epoch_independent,
         references={("resnet32", "resnet32"): 71.19},
         reference_source="Zhang et al. 2018 (CIFAR-100, resnet32 with a resnet32 peer; alone 68.99)"),

@@ -1,15 +1,24 @@
-"""Published numbers to print beside ours, always labelled as references (../shared/REFERENCES.md)."""
+"""Published numbers to print beside ours, always labelled as references (../shared/REFERENCES.md).
 
-# HobbitLong/RepDistiller README: CIFAR-100 top-1 % of the teachers, last epoch, 240 epochs. The
-# students' published numbers, per method, sit in the method registry (kdpipe.methods).
-REPDISTILLER_TEACHERS_CIFAR100 = {"resnet56": 72.34, "resnet110": 74.31, "resnet32x4": 79.42}
-REPDISTILLER_SOURCE = "RepDistiller README (CIFAR-100, top-1 %, last epoch)"
+CIFAR-100 classifiers: an architecture trained alone (as a teacher, or as the student alone) is
+keyed by the architecture (``kdpipe.architectures``); a method's student by method and pair
+(``kdpipe.methods``). ``published_top1`` is the one place that knows which is which.
+"""
+
+from kdpipe import architectures, methods
 
 
-def teacher_reference(dataset_source: str, teacher: str) -> float | None:
-    if dataset_source != "cifar100":
-        return None
-    return REPDISTILLER_TEACHERS_CIFAR100.get(teacher)
+def published_top1(method: str, teacher: str, student: str) -> tuple[float | None, str]:
+    """(published CIFAR-100 top-1 %, its source) of the teacher or of ``method``'s student in this
+    pair; (None, "") where nothing is published."""
+    if method == "teacher":
+        arch, value = architectures.get(teacher), architectures.reference(teacher, "teacher")
+        return (value, arch.reference_source) if value is not None else (None, "")
+    if method == methods.BASELINE:  # the student alone: its architecture's own number
+        arch, value = architectures.get(student), architectures.reference(student, "alone")
+        return (value, arch.reference_source) if value is not None else (None, "")
+    value = methods.reference(method, teacher, student)
+    return (value, methods.get(method).reference_source) if value is not None else (None, "")
 
 
 # Zhang et al. 2019 (BYOT), CIFAR-100 ResNet-18, per-exit top-1 % (1/4 ... 4/4), as quoted in

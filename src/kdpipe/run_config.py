@@ -75,7 +75,7 @@ SUBSET = {"type": ["integer", "null"], "minimum": 10}
 
 def family_schemas() -> dict[str, dict]:
     """The run-config schema of each family, from the registries."""
-    from kdpipe.models import ARCHITECTURES
+    from kdpipe.architectures import ARCHITECTURES
     from kdpipe.models.multi_exit import MULTI_EXIT_RESNETS
 
     arch = {"enum": sorted(ARCHITECTURES)}

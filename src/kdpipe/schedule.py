@@ -8,31 +8,26 @@ and on SLURM (jobs are submitted in priority order), and with one GPU it means a
 
 Expected times are rough, at the paper's shapes on one GPU: seconds per epoch of 50,000 CIFAR
 images (or 2,975 Cityscapes pairs at 256 x 256) measured on an H200 with the eager fp32 loop
-(issue 11's table), scaled by depth, width, image size and the number of training images. Only
-their order matters here.
+(issue 11's table), scaled by width, image size and the number of training images. A classifier's
+time is its architecture's ``epoch_s`` (kdpipe.architectures; the config check refuses one without).
+Only their order matters here.
 """
 
-import re
-
-from kdpipe import plan
+from kdpipe import architectures, plan
 
 CIFAR_TRAIN_IMAGES = 50_000
 CITYSCAPES_TRAIN_PAIRS = 2_975
-# Seconds per epoch of 50,000 images, eager fp32, H200 (issue 11). Other depths scale linearly.
-CLASSIFY_EPOCH_S = {"resnet56": 14.5, "resnet32x4": 9.0, "resnet20": 6.3, "resnet8x4": 4.1}
 SELF_DISTILL_EPOCH_S = {"self_distill": 4.9, "baseline": 3.6}  # ResNet-18 at width 64
 AE_EPOCH_S = {"distill": 5.5, "baseline": 4.3}  # 2,975 pairs at 256 x 256, width 32
 TEACHER_TIER = 1_000_000  # a job others wait for beats any job nothing waits for
 
 
 def classify_epoch_s(arch: str) -> float:
-    if arch in CLASSIFY_EPOCH_S:
-        return CLASSIFY_EPOCH_S[arch]
-    m = re.fullmatch(r"resnet(\d+)(x4)?", arch)
-    if not m:
-        return CLASSIFY_EPOCH_S["resnet20"]
-    depth = int(m.group(1))
-    return depth * (9.0 / 32 if m.group(2) else 14.5 / 56)
+    """The registry's seconds per epoch of 50,000 CIFAR images (eager fp32, H200) for ``arch``."""
+    seconds = architectures.get(arch).epoch_s
+    if seconds is None:  # config_checks.architectures_have_epoch_times refuses such a config first
+        raise ValueError(f"architecture {arch!r} has no epoch_s in kdpipe.architectures")
+    return seconds
 
 
 def train_images(config: dict, run: dict) -> int:

@@ -6,8 +6,6 @@ use a 1x1 convolution + BN ("option B"), as RepDistiller does, so parameter coun
 its tables (resnet20 0.28M, resnet56 0.86M, resnet8x4 1.23M, resnet32x4 7.43M on CIFAR-100).
 """
 
-from functools import partial
-
 import torch
 from torch import nn
 
@@ -86,12 +84,3 @@ class CifarResNet(nn.Module):
         logits = self.fc(torch.flatten(self.pool(f3), 1))
         return (logits, [f1, f2, f3]) if features else logits
 
-
-_NARROW = [16, 16, 32, 64]
-_WIDE = [32, 64, 128, 256]
-
-CIFAR_RESNETS = {
-    **{f"resnet{d}": partial(CifarResNet, d, _NARROW) for d in (8, 14, 20, 32, 44, 56, 110)},
-    "resnet8x4": partial(CifarResNet, 8, _WIDE),
-    "resnet32x4": partial(CifarResNet, 32, _WIDE),
-}

@@ -1,14 +1,15 @@
 """Tables from metrics.json files: one row per trained student, and the methods × pairs summary.
 
-Which methods exist, their labels, how many students a run trains and the published numbers all
-come from the registry (``kdpipe.methods``); nothing here names a method.
+Which methods exist, their labels and how many students a run trains come from the method registry
+(``kdpipe.methods``), the published numbers from kdpipe.references (the architecture and method
+registries); nothing here names a method.
 """
 
 import pandas as pd
 
 from kdpipe import methods
 from kdpipe.plan import pair_id
-from kdpipe.references import REPDISTILLER_SOURCE, teacher_reference
+from kdpipe.references import published_top1
 from kdpipe.tables import headline, metrics_file, seed_stats, write_tables
 
 FIGURES = ["best_top1", "last_top1", "best_top5", "last_top5"]
@@ -125,12 +126,9 @@ def kd_summary(runs: pd.DataFrame) -> pd.DataFrame:
             if g.empty:
                 continue
             method, member = g["method"].iloc[0], int(g["member"].iloc[0])
-            if method == "teacher":
-                ref, ref_source = teacher_reference(source, teacher), REPDISTILLER_SOURCE
-            else:  # published numbers are CIFAR-100's, for a method's (first) student
-                ok = source == "cifar100" and member == 1
-                ref = methods.reference(method, teacher, student) if ok else None
-                ref_source = methods.get(method).reference_source
+            # published numbers are CIFAR-100's, for the teacher or a method's (first) student
+            ref, ref_source = (published_top1(method, teacher, student) if source == "cifar100" and member == 1
+                               else (None, ""))
             row = {"dataset": dataset, "dataset_source": source, "pair": pair_id(teacher, student),
                    "teacher": teacher, "student": student, "method": method, "member": member, "entry": entry,
                    "label": entry_label(method, member), "arch": g["arch"].iloc[0],

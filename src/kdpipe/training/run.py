@@ -6,7 +6,6 @@ device, wall time, best- and last-epoch figures); the resume checkpoint is remov
 outputs are in place, so a later rerun of a changed config starts clean.
 """
 
-import importlib
 import time
 from pathlib import Path
 
@@ -21,18 +20,32 @@ from kdpipe.training.accel import prepare_environment
 from kdpipe.training.loop import Outcome, Recipe, fit
 
 
-# family -> (module, builder). Imported on demand: torchmetrics alone takes seconds to import,
-# and every job pays its imports.
-FAMILIES = {
-    "classify": ("kdpipe.training.classify", "make_classifier"),
-    "self_distill": ("kdpipe.training.self_distill", "make_multi_exit"),
-    "autoencoder": ("kdpipe.training.ae_pair", "make_ae_pair"),
-}
+# family -> a function returning its builder, each importing its module when first called: every
+# job pays its imports, and ae_pair's torchmetrics alone takes seconds.
+def _classify():
+    from kdpipe.training.classify import make_classifier
+
+    return make_classifier
+
+
+def _self_distill():
+    from kdpipe.training.self_distill import make_multi_exit
+
+    return make_multi_exit
+
+
+def _autoencoder():
+    from kdpipe.training.ae_pair import make_ae_pair
+
+    return make_ae_pair
+
+
+FAMILIES = {"classify": _classify, "self_distill": _self_distill, "autoencoder": _autoencoder}
 
 
 def family_builder(family: str):
-    module, name = FAMILIES[family]
-    return getattr(importlib.import_module(module), name)
+    """The family's ``make_*(cfg, train, test, device, teacher_path) -> (family, payload, extra)``."""
+    return FAMILIES[family]()
 
 
 def write_outputs(*, model_payload: dict, outcome: Outcome, cfg: dict, placement_name: str, started: float,
