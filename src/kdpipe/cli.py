@@ -55,6 +55,11 @@ def cmd_train(a):
 
     # A run config written by hand reaches the trainer directly: refuse a bad one before any work.
     validate_run_config(a.run_config, teacher_given=a.teacher is not None)
+    if "import" in a.run_config:
+        from kdpipe.run_config import RunConfigError
+
+        raise RunConfigError("run config: import: this teacher is imported (classify.published_teachers); "
+                             "run `kdpipe import-teacher` for it")
     from kdpipe.training.run import train
 
     m = train(
@@ -64,6 +69,21 @@ def cmd_train(a):
     key = m["score"]
     print(f"{m['run']}: best {key} {m['best'][key]:.4g} (epoch {m['best']['epoch']}), "
           f"last {key} {m['last'][key]:.4g}, {m['wall_time_s']:.1f} s on {m['device']}")
+
+
+def cmd_import_teacher(a):
+    from kdpipe.run_config import RunConfigError, validate_run_config
+
+    validate_run_config(a.run_config)
+    if "import" not in a.run_config:
+        raise RunConfigError("run config: import: this run trains its teacher; run `kdpipe train` for it")
+    from kdpipe.training.imported import import_teacher
+
+    m = import_teacher(a.run_config, archive=a.archive, sha256=a.sha256 or None, record_sha256=a.record_sha256,
+                       train_path=a.train, test_path=a.test, model_path=a.model, metrics_path=a.metrics,
+                       history_path=a.history, threads=a.threads)
+    print(f"{m['run']}: imported {m['source']['member']} (checkpoint sha256 {m['checkpoint_sha256'][:12]}, its own "
+          f"accuracy {m['checkpoint_accuracy']}); top1 {m['best']['top1']:.4g} on our test set")
 
 
 def cmd_tables_kd(a):
@@ -243,6 +263,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", required=True, type=Path, help="per-epoch checkpoint to resume from")
     s.add_argument("--threads", type=int, default=1)
     s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("import-teacher", help="import a published teacher checkpoint from its archive, check it "
+                       "against the kdpipe model, evaluate it and write the teacher run's outputs")
+    s.add_argument("--run-config", required=True, type=_json, help="the teacher run's config (with its import block)")
+    s.add_argument("--archive", required=True, type=Path, help="the teacher source's archive (downloaded or placed)")
+    _sha256_args(s)
+    s.add_argument("--train", required=True, type=Path, help="prepared train split (normalisation statistics)")
+    s.add_argument("--test", required=True, type=Path)
+    s.add_argument("--model", required=True, type=Path)
+    s.add_argument("--metrics", required=True, type=Path)
+    s.add_argument("--history", required=True, type=Path)
+    s.add_argument("--threads", type=int, default=1)
+    s.set_defaults(func=cmd_import_teacher)
 
     _tables_parser(sub, "tables-kd", "KD tables from the runs' metrics.json files", cmd_tables_kd)
 

@@ -208,6 +208,19 @@ def architectures_have_epoch_times(config: dict) -> None:
                     f"eager fp32; an estimate labelled as one will do)")
 
 
+def published_teachers_are_provided(config: dict) -> None:
+    """Each classify.published_teachers entry names a defined source that provides that architecture."""
+    sources = config.get("teacher_sources") or {}
+    for arch, source in (config["classify"].get("published_teachers") or {}).items():
+        key = f"classify.published_teachers.{arch}"
+        if source not in sources:
+            raise ConfigError(f"{key}: {source!r} is not defined under `teacher_sources` (defined: "
+                              f"{', '.join(sorted(sources)) or 'none'}); define it there or name one of those")
+        if arch not in sources[source]["archs"]:
+            raise ConfigError(f"{key}: teacher source {source!r} does not provide {arch} (it provides "
+                              f"{', '.join(sources[source]['archs'])}); remove this key to train {arch} instead")
+
+
 CHECKS = [
     datasets_are_defined,
     autoencoder_data_has_its_own_name,
@@ -217,6 +230,7 @@ CHECKS = [
     untaught_runs_agree,
     some_method_learns_from_the_teacher,
     run_names_are_safe,
+    published_teachers_are_provided,
     architectures_have_epoch_times,
 ]
 

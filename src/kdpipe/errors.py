@@ -28,3 +28,7 @@ class DiskFullError(InputError):
 
 class NonFiniteLossError(InputError):
     """A run whose loss became NaN or infinite: the message names the run, the epoch, the term and what to change."""
+
+
+class CheckpointError(InputError):
+    """A published checkpoint that cannot be read safely, or does not fit the kdpipe model it is meant for."""

@@ -20,6 +20,8 @@ PIX2PIX_URL = "http://efrosgans.eecs.berkeley.edu/pix2pix/datasets/cityscapes.ta
 ARCHIVE_NAMES = {"cifar10": "cifar-10-python.tar.gz", "cifar100": "cifar-100-python.tar.gz",
                  "pix2pix": "cityscapes.tar.gz"}
 SELF_DISTILL_METHODS = ("self_distill", "baseline")
+# Archives of published teacher checkpoints (``teacher_sources``), one per source, named by it.
+TEACHER_ARCHIVES = "data/raw/published_teachers"
 
 
 def pair_id(teacher: str, student: str) -> str:
@@ -47,6 +49,31 @@ def dataset_config(config: dict, name: str) -> dict:
         entry.setdefault("url", CIFAR_SOURCES[entry["source"]]["url"])
         entry.setdefault("md5", CIFAR_SOURCES[entry["source"]]["md5"])
     return entry
+
+
+def teacher_archive(source: str) -> str:
+    """Where a teacher source's archive is downloaded to (or placed by hand)."""
+    return f"{TEACHER_ARCHIVES}/{source}.tar"
+
+
+def imported_teacher(config: dict, arch: str) -> dict | None:
+    """Where a teacher of ``arch`` comes from when ``classify.published_teachers`` names a source
+    for it: the source's name, URL and the checkpoint's exact member path; ``None`` when trained."""
+    source = (config["classify"].get("published_teachers") or {}).get(arch)
+    if source is None:
+        return None
+    entry = config["teacher_sources"][source]
+    return {"source": source, "url": entry["url"], "member": entry["member"].replace("{arch}", arch)}
+
+
+def used_teacher_sources(config: dict) -> list[str]:
+    """The teacher sources some run imports from (each one's archive is downloaded once)."""
+    return sorted({cfg["import"]["source"] for cfg in classify_runs(config).values() if "import" in cfg})
+
+
+def train_rule(run: dict) -> str:
+    """The rule that makes a run's outputs: an imported teacher is evaluated, not trained."""
+    return "import_teacher" if "import" in run else "train"
 
 
 def classify_pairs(config: dict) -> list[dict]:
@@ -79,6 +106,10 @@ def classify_runs(config: dict) -> dict[str, dict]:
                 name = teacher_run(pair["teacher"], seed)
                 runs[name] = {**common, "run": name, "role": "teacher", "method": "teacher", "arch": pair["teacher"],
                               "seed": seed, "train": c["teacher_train"], "train_subset": None}
+                imported = imported_teacher(config, pair["teacher"])
+                if imported:  # the source's own recipe: changing teacher_train must not re-import it
+                    runs[name].update({"train": config["teacher_sources"][imported["source"]]["recipe"],
+                                       "import": imported})
             student = {**common, "role": "student", "arch": pair["student"], "seed": seed,
                        "train": c["student_train"], "train_subset": c["train_subset"]}
             for method in c["methods"]:
@@ -157,8 +188,10 @@ def training_runs(config: dict) -> dict[tuple[str, str], dict]:
     runs = {("classify", name): cfg for name, cfg in classify_runs(config).items()}
     runs.update({("self_distill", name): cfg for name, cfg in self_distill_runs(config).items()})
     runs.update({("autoencoder", name): cfg for name, cfg in ae_runs(config).items()})
-    # The config's `train:` block (CUDA graphs, precision, determinism) reaches every run's recipe.
-    return {key: {**cfg, "train": run_train_block(config, cfg["train"])} for key, cfg in runs.items()}
+    # The config's `train:` block (CUDA graphs, precision, determinism) reaches every trained run's
+    # recipe (an imported teacher keeps its source's: it is evaluated, and must not rerun when they change).
+    return {key: cfg if "import" in cfg else {**cfg, "train": run_train_block(config, cfg["train"])}
+            for key, cfg in runs.items()}
 
 
 FAMILIES = ("classify", "self_distill", "autoencoder")

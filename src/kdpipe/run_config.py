@@ -71,6 +71,11 @@ def _object(properties: dict, required: list[str]) -> dict:
 
 
 SUBSET = {"type": ["integer", "null"], "minimum": 10}
+# An imported teacher's source (kdpipe.plan.imported_teacher); the member path as the config schema allows.
+IMPORT = {"type": "object", "additionalProperties": False, "required": ["source", "url", "member"],
+          "properties": {"source": _name(SAFE_NAME_MAX), "url": {"type": "string", "minLength": 1},
+                         "member": {"type": "string", "pattern": r"^[A-Za-z0-9_][A-Za-z0-9_./-]*$",
+                                    "not": {"pattern": r"\.\."}}}}
 
 
 def family_schemas() -> dict[str, dict]:
@@ -82,7 +87,8 @@ def family_schemas() -> dict[str, dict]:
     base = ["family", "run", "method", "dataset", "dataset_source", "device", "augment", "seed", "train"]
     classify = _object({**_common(CIFAR_SOURCES), "method": {"enum": ["teacher", *methods.METHODS]},
                         "role": {"enum": ["teacher", "student"]}, "arch": arch, "train_subset": SUBSET,
-                        "method_params": {"type": "object"}, "teacher": arch, "teacher_run": _name(RUN_NAME_MAX)},
+                        "method_params": {"type": "object"}, "teacher": arch, "teacher_run": _name(RUN_NAME_MAX),
+                        "import": IMPORT},
                        [*base, "role", "arch", "train_subset"])
     self_distill = _object(
         {**_common(CIFAR_SOURCES), "method": {"enum": list(plan.SELF_DISTILL_METHODS)},

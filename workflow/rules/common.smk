@@ -51,6 +51,10 @@ RUNS = plan.training_runs(config)  # {(family, run): run config}
 CLASSIFY_PAIRS = plan.classify_pairs(config)
 AE_DATA = plan.ae_data(config)
 USED_DATASETS = plan.used_datasets(config)
+# Published teachers (classify.published_teachers): the sources imported from, and the teacher runs
+# made by the import_teacher rule instead of train (the train rule's `run` wildcard excludes them).
+TEACHER_SOURCES = plan.used_teacher_sources(config)
+IMPORTED_RUNS = sorted(run for (family, run), cfg in RUNS.items() if "import" in cfg)
 # The autoencoder's data set, under the name of the step that prepares it from its source.
 AE_SETS = {source: [AE_DATA["name"]] if AE_DATA["source"] == source else [] for source in ("synthetic", "pix2pix", "official")}
 # A data set's `source` picks the job that prepares it; each preparing step matches only its own sets.
@@ -61,6 +65,11 @@ CIFAR_SETS = [n for n, d in config["datasets"].items() if d["source"] != "synthe
 def alternatives(names):
     """A wildcard regex matching exactly these names (and nothing when there are none)."""
     return "|".join(re.escape(n) for n in names) if names else "(?!)"
+
+
+def any_but(names):
+    """A wildcard regex matching one path component that is none of these names."""
+    return f"(?!(?:{alternatives(names)})/)[^/]+" if names else "[^/]+"
 
 
 def dataset_entry(wildcards):
@@ -117,11 +126,14 @@ def family_targets(family):
 
 
 def training_benchmarks():
-    return [plan.benchmark_path("train", plan.train_job(cfg["dataset"], f, run)) for (f, run), cfg in sorted(RUNS.items())]
+    return [plan.benchmark_path(plan.train_rule(cfg), plan.train_job(cfg["dataset"], f, run))
+            for (f, run), cfg in sorted(RUNS.items())]
 
 
 def data_benchmarks():
-    return [plan.benchmark_path(rule, job) for name in USED_DATASETS for rule, job in plan.data_jobs(config, name)]
+    return [plan.benchmark_path(rule, job) for name in USED_DATASETS for rule, job in plan.data_jobs(config, name)] + [
+        plan.benchmark_path("download_teachers", source) for source in TEACHER_SOURCES
+    ]
 
 
 def kd_figures():

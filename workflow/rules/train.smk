@@ -28,6 +28,7 @@ rule train:
     wildcard_constraints:
         dataset=alternatives(USED_DATASETS),
         family="classify|self_distill|autoencoder",
+        run=any_but(IMPORTED_RUNS),  # published teachers come from import_teacher (teachers.smk)
     threads: 1
     priority: lambda wildcards: TRAIN_PRIORITY.get((wildcards.family, wildcards.run), 0)
     resources:

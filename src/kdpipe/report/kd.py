@@ -44,7 +44,8 @@ def methods_table(summary: pd.DataFrame, when: str) -> tuple[list[str], list[lis
                 continue
             r = r.iloc[0]
             ref = f"{r['reference_top1']:.2f}" if _num(r.get("reference_top1")) else "–"
-            row += [fmt(r[f"{when}_top1_mean"], r[f"{when}_top1_std"]), diff_cell(r, when), ref]
+            imported = " (imported)" if isinstance(r.get("imported_from"), str) and r["imported_from"] else ""
+            row += [fmt(r[f"{when}_top1_mean"], r[f"{when}_top1_std"]) + imported, diff_cell(r, when), ref]
         rows.append(row)
     return columns, rows
 
@@ -82,6 +83,20 @@ def caveat(summary: pd.DataFrame) -> str:
             f"|mean| / (std / √{n}) > {t_critical(n):.2f}.")
 
 
+def teacher_setup(teacher: pd.DataFrame) -> str:
+    """How the teachers came about: trained here, or imported (their top-1 is still measured here)."""
+    if teacher.empty:
+        return ""
+    sources = [s for s in teacher.get("imported_from", pd.Series(dtype=str)).fillna("").unique() if s]
+    trained = teacher[teacher.get("imported_from", pd.Series("", index=teacher.index)).fillna("") == ""]
+    out = (f"Teachers trained on {int(trained['train_images'].iloc[0]):,} images for "
+           f"{int(trained['epochs'].iloc[0])} epochs. " if not trained.empty else "")
+    if sources:
+        out += (f"Teachers marked (imported) were not trained here: their published checkpoints ({'; '.join(sources)}) "
+                "were evaluated on this test set, and that measured top-1 is printed beside the published number. ")
+    return out
+
+
 def kd_section(pdf, summary: pd.DataFrame, figures_dir: Path) -> None:
     first = summary.iloc[0]
     teacher = summary[summary["method"] == "teacher"]
@@ -96,8 +111,7 @@ def kd_section(pdf, summary: pd.DataFrame, figures_dir: Path) -> None:
         described.append(f"{spec.label}: {spec.formula}{settings}")
     setup = (
         f"Data: {first['dataset']} ({first['dataset_source']}). "
-        + (f"Teachers trained on {int(teacher['train_images'].iloc[0]):,} images for "
-           f"{int(teacher['epochs'].iloc[0])} epochs. " if not teacher.empty else "")
+        + teacher_setup(teacher)
         + f"Students trained on {int(students['train_images'].iloc[0]):,} images (their transfer set) for "
         f"{int(students['epochs'].iloc[0])} epochs. Student seed s learns from teacher seed s and starts from the "
         f"same initial weights as the student alone of seed s. Methods — " + " | ".join(described) + ". "

@@ -66,6 +66,7 @@ def kd_run_rows(metrics_files) -> pd.DataFrame:
                     "epochs": cfg["train"]["epochs"], "train_images": m["train_images"], "params": m["params"],
                     "settings": _settings(cfg), "wall_time_s": m["wall_time_s"], "device": m["device"],
                     "host": m.get("host", ""), "git_commit": m["git_commit"],
+                    "imported_from": m["source"]["url"] if m.get("imported") else "",
                 })
     order = {name: i for i, name in enumerate(methods.order())}
     df = pd.DataFrame(rows)
@@ -126,12 +127,14 @@ def kd_summary(runs: pd.DataFrame) -> pd.DataFrame:
             if g.empty:
                 continue
             method, member = g["method"].iloc[0], int(g["member"].iloc[0])
+            imported = g["imported_from"].fillna("")
+            imported = imported[imported != ""]
             # published numbers are CIFAR-100's, for the teacher or a method's (first) student
             ref, ref_source = (published_top1(method, teacher, student) if source == "cifar100" and member == 1
                                else (None, ""))
             row = {"dataset": dataset, "dataset_source": source, "pair": pair_id(teacher, student),
                    "teacher": teacher, "student": student, "method": method, "member": member, "entry": entry,
-                   "label": entry_label(method, member), "arch": g["arch"].iloc[0],
+                   "label": entry_label(method, member), "imported_from": "; ".join(imported.unique()), "arch": g["arch"].iloc[0],
                    "params": int(g["params"].iloc[0]), "seeds": len(g),
                    "train_images": int(g["train_images"].iloc[0]), "epochs": int(g["epochs"].iloc[0]),
                    "settings": g["settings"].iloc[0], "reference_top1": ref,
