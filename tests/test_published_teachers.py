@@ -28,6 +28,7 @@ from workflow_copy import copy_workflow, snakemake
 
 ARCH = "resnet8"
 MEMBER = f"cifar_teachers/{ARCH}_vanilla/ckpt_epoch_240.pth"
+ROOT = Path(__file__).resolve().parents[1]
 RECIPE = {"epochs": 240, "batch_size": 64, "lr": 0.05}
 
 
@@ -290,8 +291,8 @@ SOURCE = {"url": "http://127.0.0.1:1/cifar_teachers.tar", "member": "cifar_teach
 
 
 def test_the_plan_marks_imported_teachers_and_only_them():
-    config = yaml.safe_load(Path("config.yaml").read_text())
-    preset = yaml.safe_load(Path("presets/published-teachers.yaml").read_text())
+    config = yaml.safe_load(ROOT.joinpath("config.yaml").read_text())
+    preset = yaml.safe_load(ROOT.joinpath("presets", "published-teachers.yaml").read_text())
     config["classify"]["published_teachers"] = preset["classify"]["published_teachers"]
     runs = plan.classify_runs(config)
     teachers = {name: cfg for name, cfg in runs.items() if cfg["role"] == "teacher"}
@@ -307,7 +308,7 @@ def test_the_plan_marks_imported_teachers_and_only_them():
 
 
 def test_the_mdistiller_preset_is_a_valid_config():
-    preset = yaml.safe_load(Path("presets/published-teachers.yaml").read_text())
+    preset = yaml.safe_load(ROOT.joinpath("presets", "published-teachers.yaml").read_text())
     assert refusal(preset) is None
 
 
