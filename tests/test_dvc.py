@@ -234,6 +234,22 @@ def test_dvc_yaml_is_generated_from_the_workflow():
     run(ROOT, "kdpipe", "dvc-yaml", "--check")
 
 
+def test_a_training_stage_depends_on_its_own_family_only():
+    """kdpipe.training.run's dispatch table imports every family (each when it runs): a stage's code is
+    its own family's and what that imports (self-distillation builds on the classifier), not the others'."""
+    from kdpipe.dvc_stages import ENTRY_MODULES, code_deps, other_families
+
+    src = ROOT / "src"
+    family = {"classify": "src/kdpipe/training/classify.py", "self_distill": "src/kdpipe/training/self_distill.py",
+              "autoencoder": "src/kdpipe/training/ae_pair.py"}
+    deps = {k: set(code_deps(src, ENTRY_MODULES[k], other_families(k))) for k in family}
+    assert {k: {f for f in family.values() if f in d} for k, d in deps.items()} == {
+        "classify": {family["classify"]}, "self_distill": {family["self_distill"], family["classify"]},
+        "autoencoder": {family["autoencoder"]}}
+    assert all("src/kdpipe/training/run.py" in d for d in deps.values())
+    assert set(family.values()) <= set(code_deps(src, ["kdpipe.training.run"]))  # unfiltered: run names them all
+
+
 def dry_run_jobs(text: str) -> list[dict]:
     """Each job of `snakemake -n` as {"rule", "input", "output", "log", "benchmark"} (lists of paths)."""
     jobs, job = [], None

@@ -34,6 +34,11 @@ ENTRY_MODULES = {
     "figures": ["kdpipe.figures.kd", "kdpipe.figures.self_distill", "kdpipe.figures.autoencoder"],
     "report": ["kdpipe.report.build"],
 }
+# A training stage runs its own family only: kdpipe.training.run names every family's module in its
+# dispatch table (each imported when its family runs), so code_deps does not follow run's imports of
+# the other families (a family that imports another, as self_distill imports classify, still counts).
+FAMILY_KINDS = ("classify", "self_distill", "autoencoder")
+DISPATCH_MODULE = "kdpipe.training.run"
 # The rule files whose rules a stage's jobs run; common.smk names every path, the schema every key.
 RULE_FILES = {"data": "data.smk", "classify": "train.smk", "self_distill": "train.smk",
               "autoencoder": "train.smk", "tables": "report.smk", "figures": "report.smk", "report": "report.smk"}
@@ -67,10 +72,17 @@ def imported_modules(path: Path) -> set[str]:
     return {m for m in found if m == PACKAGE or m.startswith(PACKAGE + ".")}
 
 
-def code_deps(src: Path, entries: list[str]) -> list[str]:
-    """The source files the entry modules run: their kdpipe imports, followed, with parent packages."""
+def other_families(kind: str) -> set[str]:
+    """The family modules a stage of ``kind`` does not run (none for a stage that is not a family's)."""
+    return {ENTRY_MODULES[k][-1] for k in FAMILY_KINDS if k != kind} if kind in FAMILY_KINDS else set()
+
+
+def code_deps(src: Path, entries: list[str], skip: set[str] = frozenset()) -> list[str]:
+    """The source files the entry modules run: their kdpipe imports, followed, with parent packages;
+    the dispatch module's imports of a module in ``skip`` (or of a name from it) are not followed."""
     seen: set[Path] = set()
     todo = list(entries)
+    dispatch = module_file(src, DISPATCH_MODULE)
     while todo:
         module = todo.pop()
         parts = module.split(".")
@@ -79,7 +91,10 @@ def code_deps(src: Path, entries: list[str]) -> list[str]:
             path = module_file(src, ".".join(parts[:i]))
             if path is not None and path not in seen:
                 seen.add(path)
-                todo.extend(imported_modules(path))
+                imported = imported_modules(path)
+                if path == dispatch:
+                    imported = {m for m in imported if not any(m == s or m.startswith(s + ".") for s in skip)}
+                todo.extend(imported)
     return sorted(str(p.relative_to(src.parent)) for p in seen)
 
 
@@ -152,7 +167,7 @@ def check_configfile_names(configfiles: list[str]) -> None:
 def _stage(kind: str, desc: str, targets: list[str], configfiles: list[str], deps: list[str], params: list[dict],
            outs: list[str], src: Path) -> dict:
     cmd = command_line(stage_argv(targets, configfiles))
-    all_deps = [*code_deps(src, ENTRY_MODULES[kind]), f"workflow/rules/{RULE_FILES[kind]}", *SHARED_WORKFLOW_FILES, *deps]
+    all_deps = [*code_deps(src, ENTRY_MODULES[kind], other_families(kind)), f"workflow/rules/{RULE_FILES[kind]}", *SHARED_WORKFLOW_FILES, *deps]
     stage = {"desc": desc, "cmd": cmd, "deps": list(dict.fromkeys(all_deps))}  # each once, in order
     if params:
         stage["params"] = params
