@@ -266,11 +266,13 @@ def dry_run_jobs(text: str) -> list[dict]:
     return jobs
 
 
-@pytest.mark.parametrize("overlay", [[], ["presets/demo.yaml"]], ids=["paper", "demo"])
+@pytest.mark.parametrize("overlay", [[], ["presets/demo.yaml"], ["presets/published-teachers.yaml"]],
+                         ids=["paper", "demo", "published-teachers"])
 def test_dvc_stages_cover_the_workflow(overlay):
     """Checked on Snakemake's own DAG: every output, log and benchmark of every job belongs to exactly
     one stage; every input a job reads is made in that stage or is one of its dependencies; every
-    stage output is made by some job."""
+    stage output is made by some job. With published teachers (a dry run: nothing is downloaded) the
+    archive's download and the imports are jobs too."""
     from kdpipe.dvc_stages import dvc_pipeline
 
     stages = dvc_pipeline(ROOT, overlay)["stages"]
@@ -278,6 +280,8 @@ def test_dvc_stages_cover_the_workflow(overlay):
     args = [a for f in overlay for a in ("--configfile", f)]
     jobs = dry_run_jobs(snakemake(ROOT, "-n", "--forceall", "results/report.pdf", *args).stdout)
     assert len([j for j in jobs if j["rule"] == "train"]) >= 20
+    imports = overlay == ["presets/published-teachers.yaml"]
+    assert ({"download_teachers", "import_teacher"} <= {j["rule"] for j in jobs}) == imports
 
     def under(path, roots):
         return any(path == r or path.startswith(r + "/") for r in roots)

@@ -27,21 +27,26 @@ PACKAGE = "kdpipe"
 ENTRY_MODULES = {
     "data": ["kdpipe.data.archive", "kdpipe.data.cifar", "kdpipe.data.synthetic", "kdpipe.data.street_scenes",
              "kdpipe.data.cityscapes", "kdpipe.data.prepared"],
-    "classify": ["kdpipe.training.run", "kdpipe.training.classify"],
+    # A published teacher is imported (kdpipe import-teacher) in the classify stage, not trained.
+    "classify": ["kdpipe.training.run", "kdpipe.training.imported", "kdpipe.training.classify"],
     "self_distill": ["kdpipe.training.run", "kdpipe.training.self_distill"],
     "autoencoder": ["kdpipe.training.run", "kdpipe.training.ae_pair"],
     "tables": ["kdpipe.tables.kd", "kdpipe.tables.self_distill", "kdpipe.tables.autoencoder", "kdpipe.tables.jobs"],
     "figures": ["kdpipe.figures.kd", "kdpipe.figures.self_distill", "kdpipe.figures.autoencoder"],
     "report": ["kdpipe.report.build"],
+    "teachers": ["kdpipe.data.archive"],  # download_teachers: `kdpipe download`
 }
 # A training stage runs its own family only: kdpipe.training.run names every family's module in its
 # dispatch table (each imported when its family runs), so code_deps does not follow run's imports of
 # the other families (a family that imports another, as self_distill imports classify, still counts).
 FAMILY_KINDS = ("classify", "self_distill", "autoencoder")
+FAMILY_MODULES = {"classify": "kdpipe.training.classify", "self_distill": "kdpipe.training.self_distill",
+                  "autoencoder": "kdpipe.training.ae_pair"}
 DISPATCH_MODULE = "kdpipe.training.run"
 # The rule files whose rules a stage's jobs run; common.smk names every path, the schema every key.
-RULE_FILES = {"data": "data.smk", "classify": "train.smk", "self_distill": "train.smk",
-              "autoencoder": "train.smk", "tables": "report.smk", "figures": "report.smk", "report": "report.smk"}
+RULE_FILES = {"data": ["data.smk"], "classify": ["train.smk", "teachers.smk"], "self_distill": ["train.smk"],
+              "autoencoder": ["train.smk"], "tables": ["report.smk"], "figures": ["report.smk"],
+              "report": ["report.smk"], "teachers": ["teachers.smk"]}
 SHARED_WORKFLOW_FILES = ["Snakefile", "workflow/rules/common.smk", "workflow/schemas/config.schema.yaml",
                          "src/kdpipe/cli.py", "src/kdpipe/plan.py"]
 TABLE_RULES = ["tables_kd", "tables_self_distill", "tables_autoencoder", "tables_jobs"]
@@ -74,7 +79,7 @@ def imported_modules(path: Path) -> set[str]:
 
 def other_families(kind: str) -> set[str]:
     """The family modules a stage of ``kind`` does not run (none for a stage that is not a family's)."""
-    return {ENTRY_MODULES[k][-1] for k in FAMILY_KINDS if k != kind} if kind in FAMILY_KINDS else set()
+    return {FAMILY_MODULES[k] for k in FAMILY_KINDS if k != kind} if kind in FAMILY_KINDS else set()
 
 
 def code_deps(src: Path, entries: list[str], skip: set[str] = frozenset()) -> list[str]:
@@ -167,7 +172,8 @@ def check_configfile_names(configfiles: list[str]) -> None:
 def _stage(kind: str, desc: str, targets: list[str], configfiles: list[str], deps: list[str], params: list[dict],
            outs: list[str], src: Path) -> dict:
     cmd = command_line(stage_argv(targets, configfiles))
-    all_deps = [*code_deps(src, ENTRY_MODULES[kind], other_families(kind)), f"workflow/rules/{RULE_FILES[kind]}", *SHARED_WORKFLOW_FILES, *deps]
+    all_deps = [*code_deps(src, ENTRY_MODULES[kind], other_families(kind)),
+                *(f"workflow/rules/{f}" for f in RULE_FILES[kind]), *SHARED_WORKFLOW_FILES, *deps]
     stage = {"desc": desc, "cmd": cmd, "deps": list(dict.fromkeys(all_deps))}  # each once, in order
     if params:
         stage["params"] = params
@@ -203,18 +209,36 @@ def dvc_pipeline(root: Path, configfiles: list[str]) -> dict:
             _params(raw, [key]), outs, src)
         data_outs[name] = f"data/prepared/{name}"
 
+    # Published teachers' archives (classify.published_teachers): downloaded (or placed by hand) once
+    # per source into one folder, each beside its <source>.tar.sha256 (recorded at first use, not a
+    # declared output of any rule), as data/raw/<set> holds a data set's archive; classify imports from them.
+    sources = plan.used_teacher_sources(config)
+    archives = [plan.teacher_archive(s) for s in sources]
+    if sources:
+        jobs = [("download_teachers", s) for s in sources]
+        data_benchmarks += [plan.benchmark_path(r, j) for r, j in jobs]
+        stages["data_published_teachers"] = _stage(
+            "teachers", f"download the published teachers' archive ({', '.join(sources)})", archives,
+            configfiles, [], _params(raw, [f"teacher_sources.{s}" for s in sources]),
+            [plan.TEACHER_ARCHIVES, *(plan.log_path(r, j) for r, j in jobs),
+             *(plan.benchmark_path(r, j) for r, j in jobs)], src)
+
     family_dirs, train_benchmarks = {}, []
     for family, dataset in plan.family_datasets(config).items():
         names = sorted(run for (f, run) in runs if f == family)
-        jobs = [plan.train_job(dataset, family, run) for run in names]
+        # (rule, job): an imported teacher's job is import_teacher's, with that rule's log and benchmark.
+        jobs = [(plan.train_rule(runs[(family, run)]), plan.train_job(dataset, family, run)) for run in names]
         family_dirs[family] = f"results/{dataset}/{family}"
-        train_benchmarks += [plan.benchmark_path("train", j) for j in jobs]
+        train_benchmarks += [plan.benchmark_path(r, j) for r, j in jobs]
         keys = [family, "device", "train"] + ([f"datasets.{dataset}"] if dataset in config["datasets"] else [])
+        imports = family == "classify" and sources
+        if imports:  # the sources' URLs, checksums, member paths and recipes (recorded with each import)
+            keys += [f"teacher_sources.{s}" for s in sources]
         stages[family] = _stage(
             family, f"train every {family} model ({len(names)} runs)", [family], configfiles,
-            [data_outs[dataset]], _params(raw, keys),
-            [family_dirs[family], *(plan.log_path("train", j) for j in jobs),
-             *(plan.benchmark_path("train", j) for j in jobs)], src)
+            [data_outs[dataset], *([plan.TEACHER_ARCHIVES] if imports else [])], _params(raw, keys),
+            [family_dirs[family], *(plan.log_path(r, j) for r, j in jobs),
+             *(plan.benchmark_path(r, j) for r, j in jobs)], src)
 
     stages["tables"] = _stage(
         "tables", "per-run and mean ± std tables, headline metrics, the jobs table", ["tables"], configfiles,
