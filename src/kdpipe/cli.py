@@ -89,7 +89,8 @@ def cmd_import_teacher(a):
 def cmd_tables_kd(a):
     from kdpipe.tables.kd import kd_tables
 
-    kd_tables(a.metrics, runs_csv=a.runs, summary_csv=a.summary, headline_json=a.headline)
+    kd_tables(a.metrics, runs_csv=a.runs, summary_csv=a.summary, headline_json=a.headline,
+              cost_metrics=a.cost_metrics or None)
 
 
 def cmd_tables_jobs(a):
@@ -278,6 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_import_teacher)
 
     _tables_parser(sub, "tables-kd", "KD tables from the runs' metrics.json files", cmd_tables_kd)
+    sub.choices["tables-kd"].add_argument(
+        "--cost-metrics", nargs="*", type=Path, default=[],
+        help="every training run's metrics.json (all families: jobs that overlapped on a GPU share it); "
+             "default: the --metrics files")
 
     s = sub.add_parser("tables-jobs", help="each job's wall time and peak memory from benchmark files")
     s.add_argument("--benchmarks", nargs="*", type=Path, default=[], help="Snakemake benchmark files")

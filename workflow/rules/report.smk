@@ -4,6 +4,8 @@
 rule tables_kd:
     input:
         metrics=family_outputs("classify", "metrics.json"),
+        # What each run cost: jobs of every family that overlapped on one GPU share it (kdpipe.tables.cost).
+        cost=[f for family in ("classify", "self_distill", "autoencoder") for f in family_outputs(family, "metrics.json")],
     output:
         runs=report("results/tables/kd_runs.csv", category="Tables", labels={"table": "KD runs"}),
         summary=report("results/tables/kd_summary.csv", category="Tables", labels={"table": "KD mean ± std"}),
@@ -18,7 +20,7 @@ rule tables_kd:
     resources:
         **RESOURCES["report"],
     shell:
-        "kdpipe tables-kd --metrics {input.metrics:q} --runs {output.runs:q} --summary {output.summary:q} --headline {output.headline:q} > {log:q} 2>&1"
+        "kdpipe tables-kd --metrics {input.metrics:q} --cost-metrics {input.cost:q} --runs {output.runs:q} --summary {output.summary:q} --headline {output.headline:q} > {log:q} 2>&1"
 
 
 rule tables_self_distill:

@@ -17,6 +17,7 @@ from kdpipe.report.jobs import jobs_appendix
 from kdpipe.report.kd import kd_section
 from kdpipe.report.layout import page, save, text
 from kdpipe.report.self_distill import self_distill_section
+from kdpipe.tables.cost import cost_sentence
 
 CONTENTS = (
     "Contents\n"
@@ -49,6 +50,7 @@ def title_page(pdf, name: str, runs: pd.DataFrame, jobs: pd.DataFrame) -> None:
         ("hosts", listed("host")),
         ("jobs", f"{len(jobs)} ({len(runs)} trained models)"),
         ("total compute", f"{jobs['wall_s'].sum() / 60:.1f} job-minutes wall, {jobs['cpu_s'].sum() / 60:.1f} CPU-minutes"),
+        ("cost", cost_sentence(jobs)),  # device-hours from each run's metrics.json (kdpipe.tables.cost)
     ]
     y = 0.74
     for key, value in facts:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from kdpipe import methods
+from kdpipe.report.cost import COST_HEADER, COST_NOTE, cost_cell, has_cost
 from kdpipe.report.layout import fmt, heading, image, page, save, table, text
 
 
@@ -30,9 +31,11 @@ def methods_table(summary: pd.DataFrame, when: str) -> tuple[list[str], list[lis
     """Rows: the teacher and each method's students; per pair three columns: measured mean ± std,
     the paired difference from the student alone, the published number (labelled a reference)."""
     pairs = list(dict.fromkeys(summary["pair"]))
+    costed = has_cost(summary)  # and a fourth: one model's cost, the gain per hour (kdpipe.tables.cost)
     columns = ["method"]
     for pair in pairs:
         columns += [f"{when} top-1\n{pair.replace('-to-', '→')}", "Δ vs alone\n(better/seeds)", "reference\n(published)"]
+        columns += [COST_HEADER] if costed else []
     rows = []
     for entry in dict.fromkeys(summary["entry"]):
         entry_rows = summary[summary["entry"] == entry]
@@ -40,12 +43,13 @@ def methods_table(summary: pd.DataFrame, when: str) -> tuple[list[str], list[lis
         for pair in pairs:
             r = entry_rows[entry_rows["pair"] == pair]
             if r.empty:
-                row += ["–", "–", "–"]
+                row += ["–"] * (4 if costed else 3)
                 continue
             r = r.iloc[0]
             ref = f"{r['reference_top1']:.2f}" if _num(r.get("reference_top1")) else "–"
             imported = " (imported)" if isinstance(r.get("imported_from"), str) and r["imported_from"] else ""
             row += [fmt(r[f"{when}_top1_mean"], r[f"{when}_top1_std"]) + imported, diff_cell(r, when), ref]
+            row += [cost_cell(r, when)] if costed else []
         rows.append(row)
     return columns, rows
 
@@ -127,6 +131,8 @@ def kd_section(pdf, summary: pd.DataFrame, figures_dir: Path) -> None:
         columns, rows = methods_table(summary, when)
         table(fig, [0.03, y - height, 0.94, height], columns, rows, size=6.5)
         y -= height + 0.03
+    if has_cost(summary):
+        y = text(fig, y, COST_NOTE, size=8, width=120)
     y = text(fig, y, caveat(summary), size=8, width=120, style="italic")
     refs = students[students["reference_source"].fillna("") != ""]["reference_source"].unique()
     if len(refs):

@@ -148,7 +148,12 @@ def kd_summary(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def kd_tables(metrics_files, *, runs_csv, summary_csv, headline_json=None) -> None:
+def kd_tables(metrics_files, *, runs_csv, summary_csv, headline_json=None, cost_metrics=None) -> None:
+    """``cost_metrics``: every training run's metrics.json (all families), whose overlaps on a shared
+    GPU decide each run's share of it (kdpipe.tables.cost); the classifier runs' alone by default."""
+    from kdpipe.tables.cost import run_costs, summary_cost
+
     runs = kd_run_rows(metrics_files)
-    write_tables(runs, kd_summary(runs), runs_csv=runs_csv, summary_csv=summary_csv, headline_json=headline_json,
+    summary = summary_cost(kd_summary(runs), runs, run_costs(cost_metrics or metrics_files))
+    write_tables(runs, summary, runs_csv=runs_csv, summary_csv=summary_csv, headline_json=headline_json,
                  headline_of=lambda s: headline(s, ["pair", "entry"], ["best_top1", "last_top1"]))
