@@ -266,5 +266,7 @@ def test_job_failing_inside_slurm_fails_the_run_and_shows_its_log(cluster, tmp_p
         printed = re.search(rf"Logfile {re.escape(log)}:\n=+\n(.*?)\n=+\nLogfile {re.escape(str(attempt['log']))}:",
                             report, flags=re.S)
         assert printed, report[:6000]
-        assert "RuntimeError: config asks for device: cuda, but no CUDA device is visible to this job" in printed[1]
+        # One kdpipe: line naming the problem and what to do, no traceback.
+        assert "kdpipe: the config asks for device: cuda, but no CUDA device is visible to this job" in printed[1]
+        assert "Traceback" not in printed[1]
     assert not (workdir / target).exists()
