@@ -33,7 +33,7 @@ def test_gpu_runs_cover_every_method_and_family_with_graphs_and_bf16():
     cfg = gpu_runs.config()
     assert gpu_runs.coverage(runs) == gpu_runs.expected_coverage(cfg)
     assert {"teacher", *methods.METHODS} <= gpu_runs.coverage(runs)["classify"]  # every registered method
-    assert len(runs) == 1 + len(methods.METHODS) + 2 + len(cfg["autoencoder"]["variants"])
+    assert len(runs) == 1 + len(methods.METHODS) + len(plan.SELF_DISTILL_METHODS) + len(cfg["autoencoder"]["variants"])
     for key, run in runs.items():
         assert (run["device"], run["train"]["cuda_graphs"], run["train"]["precision"], run["train"]["deterministic"]) \
             == ("cuda", "on", "bf16", True), key
@@ -165,7 +165,7 @@ def test_gpu_smoke_preset_is_a_valid_config_with_teachers_first():
                                     else vv) for kk, vv in v.items()}} if isinstance(v, dict) and k in cfg else v
     validate(cfg, str(ROOT / "workflow" / "schemas" / "config.schema.yaml"))
     runs = plan.training_runs(cfg)
-    assert len(runs) == 22 and all(r["seed"] == 0 for r in runs.values())  # 2 x (teacher + 7 methods), 2 BYOT, 4 AE
+    assert len(runs) == 25 and all(r["seed"] == 0 for r in runs.values())  # 2 x (teacher + 8 methods), 3 BYOT, 4 AE
     assert cfg["classify"]["teacher_train"]["lr"] == 0.05  # the overlay shortened the schedule, kept the recipe
     prio = schedule.train_priorities(cfg, runs)
     teachers = [k for k, r in runs.items() if r.get("role") == "teacher"]

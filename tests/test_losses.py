@@ -370,3 +370,42 @@ def test_dml_peer_prediction_is_a_constant():
         p1, p2 = hand_softmax(a), hand_softmax(b)
         want = [(2 * p1[j] - p2[j] - (1.0 if j == k else 0.0)) / 2 for j in range(3)]
         assert z1.grad[i].tolist() == pytest.approx(want, abs=1e-12)
+
+
+def test_label_smoothing_by_hand_at_eps_01():
+    """Two samples, three classes, eps = 0.1: the smoothed target is 1 - 0.1 + 0.1/3 on the true class
+    and 0.1/3 on each other; the loss is -sum_k target_k log p_k per row, averaged over the rows."""
+    s, _, y = tensors()
+    eps = 0.1
+    want = 0.0
+    for row, k in zip(STUDENT, TARGETS):
+        log_p = hand_log_softmax(row)
+        target = [(1 - eps if j == k else 0.0) + eps / 3 for j in range(3)]
+        want -= sum(t * lp for t, lp in zip(target, log_p)) / len(STUDENT)
+    # anchor: row 1 log p = [-1.464369, -0.464369, -1.964369], row 2 [-3.065884, -4.065884, -0.065884]
+    assert want == pytest.approx(0.9 * (0.4643688 + 0.0658839) / 2
+                                 + 0.1 * (1.2977021 + 2.3992173) / 2, abs=1e-6)
+    total, terms = losses.label_smoothing(s, y, eps)
+    assert set(terms) == {"ce", "uniform"}
+    assert close(total, want)
+    assert close(terms["ce"], hand_ce(STUDENT, TARGETS))
+    uniform = -sum(sum(hand_log_softmax(r)) / 3 for r in STUDENT) / len(STUDENT)
+    assert close(terms["uniform"], uniform)
+    assert close(total, 0.9 * terms["ce"].item() + 0.1 * terms["uniform"].item())
+    # PyTorch's own label smoothing is the same loss
+    assert close(total, torch.nn.functional.cross_entropy(s, y, label_smoothing=eps).item())
+
+
+def test_label_smoothing_gradient_is_softmax_minus_the_smoothed_target():
+    z = torch.tensor(STUDENT, dtype=torch.float64, requires_grad=True)
+    total, _ = losses.label_smoothing(z, torch.tensor(TARGETS), 0.1)
+    total.backward()
+    for i, (row, k) in enumerate(zip(STUDENT, TARGETS)):
+        p = hand_softmax(row)
+        want = [(p[j] - (0.9 if j == k else 0.0) - 0.1 / 3) / 2 for j in range(3)]
+        assert z.grad[i].tolist() == pytest.approx(want, abs=1e-12)
+
+
+def test_label_smoothing_at_eps_zero_is_plain_cross_entropy():
+    s, _, y = tensors()
+    assert close(losses.label_smoothing(s, y, 0.0)[0], hand_ce(STUDENT, TARGETS))

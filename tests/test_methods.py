@@ -80,7 +80,7 @@ def test_published_references_match_references_md():
     assert ref["at"] == {("resnet56", "resnet20"): 70.55, ("resnet32x4", "resnet8x4"): 73.44, ("wrn_40_2", "wrn_16_2"): 74.08}
     assert ref["kd_soft"][("resnet56", "resnet20")] == 70.66 and ref["alone"] == {}  # alone: the architecture's
     wrn = {name: r.get(("wrn_40_2", "wrn_16_2")) for name, r in ref.items()}
-    assert wrn == {"alone": None, "kd_soft": 74.92, "kd_hard": None, "dkd": 76.24, "fitnet": 73.58, "at": 74.08,
+    assert wrn == {"alone": None, "label_smooth": None, "kd_soft": 74.92, "kd_hard": None, "dkd": 76.24, "fitnet": 73.58, "at": 74.08,
                    "dml": None}
     assert methods.reference("dml", "resnet110", "resnet32") == 71.19  # a resnet32 peer, whatever the teacher
     assert methods.reference("dml", "resnet56", "resnet20") is None
@@ -217,7 +217,7 @@ def fake_metrics(tmp: Path, method: str, arch: str, seed: int, top1: float, teac
         cfg["teacher"] = teacher
     if spec and spec.params:
         cfg["method_params"] = spec.defaults()
-    m = {"run": name, "seed": seed, "config": cfg, "best": {"epoch": 3, "top1": top1, "top5": top1 + 10},
+    m = {"run": name, "family": "classify", "seed": seed, "config": cfg, "best": {"epoch": 3, "top1": top1, "top5": top1 + 10},
          "last": {"epoch": 3, "top1": top1 - 1, "top5": top1 + 9}, "train_images": 100, "params": 1000,
          "wall_time_s": 1.0, "device": "cpu", "host": "h", "git_commit": "abc", **extra}
     path = tmp / name / "metrics.json"
@@ -314,6 +314,75 @@ def test_report_shows_every_method(built_tables, tmp_path):
     assert "12.34" in flat and "Reference, not measured here" in flat and "the toy paper" in flat
     assert "toy distillation: CE + 0·toy at gain=1.5" in flat
     assert "With 3 seeds that is weak evidence" in flat and "4.30" in flat
+
+
+def test_taught_methods_are_read_against_every_control(tmp_path, toy_method, monkeypatch):
+    """Paired by seed against the student alone and, for a method with a teacher, against each control
+    of the registry (label smoothing, and a toy control registered here: nothing names them)."""
+    from matplotlib.backends.backend_pdf import PdfPages
+
+    from kdpipe.report.kd import controls_page, controls_table, verdicts
+    from kdpipe.tables.kd import kd_summary, kd_run_rows
+
+    toy_ctrl = methods.Method("toy_ctrl", "toy control", "#0a0b0c", "CE, a toy control", control=True,
+                              step=lambda o, p: losses.cross_entropy(o.logits, o.targets))
+    monkeypatch.setitem(methods.METHODS, "toy_ctrl", toy_ctrl)
+    assert methods.controls() == ["label_smooth", "toy_ctrl"]
+    assert methods.compared_with("toy_kd") == ["alone", "label_smooth", "toy_ctrl"]
+    assert methods.compared_with("dml") == ["alone"] and methods.compared_with("label_smooth") == ["alone"]
+    files = []
+    for seed, (a, ls, ctrl, toy) in enumerate([(60, 61, 62, 62), (61, 63, 62, 63.5), (62, 62, 62, 63)]):
+        files += [fake_metrics(tmp_path, "teacher", "resnet56", seed, 70),
+                  fake_metrics(tmp_path, "alone", "resnet20", seed, a),
+                  fake_metrics(tmp_path, "label_smooth", "resnet20", seed, ls),
+                  fake_metrics(tmp_path, "toy_ctrl", "resnet20", seed, ctrl),
+                  fake_metrics(tmp_path, "toy_kd", "resnet20", seed, toy, teacher="resnet56")]
+    s = kd_summary(kd_run_rows(files)).set_index("entry")
+    toy = s.loc["toy_kd"]
+    # toy - label smoothing = 1, 0.5, 1: mean 5/6, std sqrt(1/12), t = 5.0 > 4.303
+    assert toy["vs_label_smooth_best_top1_diff_mean"] == pytest.approx(5 / 6)
+    assert toy["vs_label_smooth_best_top1_diff_std"] == pytest.approx(12 ** -0.5)
+    assert toy["vs_label_smooth_best_top1_paired_t"] == pytest.approx(5.0)
+    assert toy["vs_label_smooth_best_top1_seeds_better"] == 3
+    assert toy["vs_label_smooth_best_top1_verdict"] == "larger than spread"
+    assert toy["vs_label_smooth_last_top1_diff_mean"] == pytest.approx(5 / 6)  # last = best - 1 for all
+    # toy - toy control = 0, 1.5, 1: mean 5/6, std 0.7638; better on 2 of 3
+    assert toy["vs_toy_ctrl_best_top1_diff_mean"] == pytest.approx(5 / 6)
+    assert toy["vs_toy_ctrl_best_top1_diff_std"] == pytest.approx(0.763763, abs=1e-6)
+    assert toy["vs_toy_ctrl_best_top1_seeds_better"] == 2
+    # ... and against the student alone as before: 2, 2.5, 1
+    assert toy["best_top1_diff_mean"] == pytest.approx(11 / 6)
+    # a control is read against the student alone only (1, 2, 0: mean 1 = std 1), never against a control
+    assert s.loc["label_smooth", "best_top1_diff_mean"] == pytest.approx(1.0)
+    assert s.loc["label_smooth", "best_top1_verdict"] == "within spread"
+    assert pd.isna(s.loc["label_smooth", "vs_label_smooth_best_top1_diff_mean"])
+    assert pd.isna(s.loc["label_smooth", "vs_toy_ctrl_best_top1_diff_mean"])
+    assert pd.isna(s.loc["teacher", "vs_label_smooth_best_top1_diff_mean"])
+    # the report: one sentence per control, a table of the taught methods
+    lines = verdicts(s.reset_index()).splitlines()
+    assert "toy distillation beat the control label smoothing (no teacher): +0.83 points, larger than its spread " \
+           "across seeds (± 0.29); better on 3 of 3 seeds." in lines
+    assert any(line.startswith("toy distillation beat the control toy control (no teacher): +0.83") for line in lines)
+    assert any(line.startswith("label smoothing beat the student alone: +1.00") for line in lines)
+    columns, rows = controls_table(s.reset_index())
+    assert columns[1:] == ["Δ vs alone, best\nresnet56→resnet20", "Δ vs label smoothing\nbest",
+                           "Δ vs label smoothing\nlast", "Δ vs toy control\nbest", "Δ vs toy control\nlast"]
+    assert rows == [["toy distillation", "+1.83 ± 0.76 (3/3)", "+0.83 ± 0.29 (3/3)", "+0.83 ± 0.29 (3/3)",
+                     "+0.83 ± 0.76 (2/3)", "+0.83 ± 0.76 (2/3)"]]
+    with PdfPages(tmp_path / "controls.pdf") as pdf:
+        controls_page(pdf, s.reset_index())
+    text = " ".join(PdfReader(tmp_path / "controls.pdf").pages[0].extract_text().split())
+    assert "Against the controls" in text and "+0.83 ± 0.29 (3/3)" in text and "Yuan et al. 2020" in text
+
+
+def test_without_a_control_run_the_report_has_no_controls_page(built_tables, tmp_path):
+    from matplotlib.backends.backend_pdf import PdfPages
+
+    from kdpipe.report.kd import controls_page
+
+    with PdfPages(tmp_path / "none.pdf") as pdf:
+        controls_page(pdf, pd.read_csv(built_tables / "kd_summary.csv"))
+    assert not (tmp_path / "none.pdf").exists() or len(PdfReader(tmp_path / "none.pdf").pages) == 0
 
 
 # ---- the classifier trains every registered method ----------------------------------------------

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from pypdf import PdfReader
 
-from kdpipe import methods
+from kdpipe import methods, plan
 from workflow_copy import copy_built, planned_jobs, snakemake
 
 pytestmark = pytest.mark.pipeline
@@ -77,7 +77,7 @@ def test_every_run_records_what_made_it(demo):
     assert len(runs) == seeds * (1 + sum(m.students for m in methods.METHODS.values()))
     assert runs["run"].nunique() == seeds * (1 + len(methods.METHODS))
     sd_runs = pd.read_csv(demo / "results" / "tables" / "self_distill_runs.csv")
-    assert len(sd_runs) == len(config["self_distill"]["seeds"]) * 2
+    assert len(sd_runs) == len(config["self_distill"]["seeds"]) * len(plan.SELF_DISTILL_METHODS)
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=demo, capture_output=True, text=True).stdout.strip()
     for run_dir in [*(demo / "results" / "synthetic10").glob("*/*"), *(demo / "results" / "street_scenes").glob("*/*")]:
         metrics = json.loads((run_dir / "metrics.json").read_text())

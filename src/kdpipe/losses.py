@@ -17,6 +17,21 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Te
     return ce, {"ce": ce}
 
 
+def label_smoothing(logits: torch.Tensor, targets: torch.Tensor, epsilon: float) -> tuple[torch.Tensor, Terms]:
+    """Cross-entropy with smoothed labels and no teacher, the control for KD (Yuan et al. 2020):
+    the target is 1 - eps on the true class plus eps spread evenly over all K classes, so
+
+    total = (1 - eps) * CE(q, y) + eps * CE(q, uniform),   CE(q, uniform) = -mean_k log q_k,
+
+    which is ``F.cross_entropy(..., label_smoothing=eps)``: KD with a uniform "teacher". Terms:
+    ce (with the true labels) and uniform (with the uniform target), unweighted.
+    """
+    log_p = F.log_softmax(logits, dim=1)
+    ce = F.nll_loss(log_p, targets)
+    uniform = -log_p.mean(dim=1).mean()
+    return (1 - epsilon) * ce + epsilon * uniform, {"ce": ce, "uniform": uniform}
+
+
 def soft_target_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """T^2 * KL(softmax(teacher/T) || softmax(student/T)), averaged over the batch.
 
@@ -91,6 +106,14 @@ def self_distill(
         terms[f"feat{i}"] = F.mse_loss(features, teacher_features)
         total = total + alpha * terms[f"kl{i}"] + lam * terms[f"feat{i}"]
     return total, terms
+
+
+def deep_supervision(exit_logits: list[torch.Tensor], targets: torch.Tensor) -> tuple[torch.Tensor, Terms]:
+    """Cross-entropy at every exit and nothing else: sum_i CE(q_i, y), the control for BYOT (the
+    ``self_distill`` loss at alpha = 0 and lam = 0, without computing its zero-weighted terms).
+    Terms ce1..ceC, numbered from the shallowest exit, as ``self_distill`` names them."""
+    terms: Terms = {f"ce{i}": F.cross_entropy(logits, targets) for i, logits in enumerate(exit_logits, start=1)}
+    return sum(terms.values()), terms
 
 
 def _distance(a: torch.Tensor, b: torch.Tensor, norm: str) -> torch.Tensor:

@@ -72,6 +72,9 @@ class Method:
     check_pair: Callable | None = None
     references: dict = field(default_factory=dict)  # (teacher, student) -> published CIFAR-100 top-1 %
     reference_source: str = ""
+    # A control: no teacher, but what a teacher's gain might be no more than (label smoothing). The
+    # tables and report read every method that needs a teacher against it as well as against BASELINE.
+    control: bool = False
 
     def defaults(self) -> dict:
         return {k: p.default for k, p in self.params.items()}
@@ -132,6 +135,13 @@ METHODS: dict[str, Method] = {m.name: m for m in [
         "alone", "student alone", "#1f77b4", "CE(student, y): the baseline every method is read against",
         step=lambda o, p: _losses().cross_entropy(o.logits, o.targets),
         epoch_key=epoch_independent),  # published numbers: the student architecture's "alone"
+    Method(  # no published CIFAR-100 number for these students (Yuan et al. 2020 trained other networks)
+        "label_smooth", "label smoothing", "#7f7f7f",
+        "(1-ε)·CE + ε·CE(student, uniform): no teacher; KD's gain may be no more (Yuan et al. 2020)",
+        step=lambda o, p: _losses().label_smoothing(o.logits, o.targets, p["epsilon"]),
+        epoch_key=epoch_independent, control=True,
+        params={"epsilon": Param(0.1, {"type": "number", "minimum": 0, "exclusiveMaximum": 1},
+                                 "label smoothing: 1 - epsilon on the true class, epsilon spread over all classes")}),
     Method(
         "kd_soft", "KD soft", "#d62728", "(1-a)·CE + a·T²·KL(teacher_T ‖ student_T)",
         needs_teacher=True,
@@ -206,6 +216,19 @@ def colour(name: str) -> str:
 def order() -> list[str]:
     """Rows in tables and bars in charts: the teacher, then the methods in registry order."""
     return ["teacher", *METHODS]
+
+
+def controls() -> list[str]:
+    """The control methods, in registry order (``Method.control``)."""
+    return [name for name, m in METHODS.items() if m.control]
+
+
+def compared_with(method: str) -> list[str]:
+    """What a method's students are read against, paired by seed: the student alone (BASELINE), and
+    for a method that needs a teacher also every control; the teacher and the baseline against nothing."""
+    if method in ("teacher", BASELINE):
+        return []
+    return [BASELINE, *(controls() if get(method).needs_teacher else [])]
 
 
 def score_suffix(student: int) -> str:

@@ -14,12 +14,16 @@ from kdpipe.training.settings import run_train_block
 METHOD_LABELS = {
     "self_distill": "self-distillation",
     "baseline": "baseline (last exit only)",
+    "deep_supervision": "deep supervision (CE at every exit)",
 }
 PIX2PIX_URL = "http://efrosgans.eecs.berkeley.edu/pix2pix/datasets/cityscapes.tar.gz"
 # Downloaded archives are stored under these names, whatever the (mirror's) URL looks like.
 ARCHIVE_NAMES = {"cifar10": "cifar-10-python.tar.gz", "cifar100": "cifar-100-python.tar.gz",
                  "pix2pix": "cityscapes.tar.gz"}
-SELF_DISTILL_METHODS = ("self_distill", "baseline")
+SELF_DISTILL_METHODS = ("self_distill", "baseline", "deep_supervision")
+# What BYOT (self_distill) is read against, paired by seed, at every exit both trained: the plain
+# network, and the control that separates self-distillation from a label loss at every exit.
+SELF_DISTILL_REFERENCES = ("baseline", "deep_supervision")
 # Archives of published teacher checkpoints (``teacher_sources``), one per source, named by it.
 TEACHER_ARCHIVES = "data/raw/published_teachers"
 
@@ -129,7 +133,7 @@ def self_distill_run(method: str, arch: str, seed: int) -> str:
 
 
 def self_distill_runs(config: dict) -> dict[str, dict]:
-    """Every multi-exit run: BYOT self-distillation and its baseline, once per seed."""
+    """Every multi-exit run: BYOT self-distillation, its baseline and deep supervision, once per seed."""
     c = config["self_distill"]
     source = dataset_config(config, c["dataset"])["source"]
     runs = {}

@@ -9,8 +9,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from kdpipe.plan import METHOD_LABELS  # noqa: E402
 from kdpipe.tables.self_distill import trained_exits  # noqa: E402
 
+DEEP_COLOUR = "#969696"  # deep supervision, the control: grey, like the baseline
 EXIT_COLOURS = {"exit1": "#9ecae1", "exit2": "#4292c6", "exit3": "#2171b5", "exit4": "#08306b", "ensemble": "#d62728"}
 
 
@@ -30,6 +32,14 @@ def cost_plot(summary: pd.DataFrame, path) -> None:
     base = summary[(summary["method"] == "baseline") & summary["trained"]]
     ax.errorbar(base["macs"] / 1e6, base["best_top1_mean"], yerr=base["best_top1_std"].fillna(0), marker="s",
                 capsize=4, color="#4d4d4d", linestyle="none", label="baseline (last exit only)")
+    deep = summary[(summary["method"] == "deep_supervision") & summary["trained"]]
+    deep_exits = deep[deep["exit"] != "ensemble"]
+    ax.errorbar(deep_exits["macs"] / 1e6, deep_exits["best_top1_mean"], yerr=deep_exits["best_top1_std"].fillna(0),
+                marker="D", capsize=4, color=DEEP_COLOUR, linestyle=":", label="deep supervision, exits 1-4")
+    deep_ens = deep[deep["exit"] == "ensemble"]
+    ax.errorbar(deep_ens["macs"] / 1e6, deep_ens["best_top1_mean"], yerr=deep_ens["best_top1_std"].fillna(0),
+                marker="*", markersize=10, capsize=4, color=DEEP_COLOUR, linestyle="none",
+                label="deep supervision, ensemble")
     ax.set_xlabel("multiply-accumulates per image (millions)")
     ax.set_ylabel("best-epoch test top-1 (%)")
     ax.set_title(f"accuracy against cost, {sd['arch'].iloc[0]} (width {sd['width'].iloc[0]})")
@@ -41,9 +51,11 @@ def cost_plot(summary: pd.DataFrame, path) -> None:
 
 
 def curves(runs: pd.DataFrame, histories: dict[str, pd.DataFrame], path) -> None:
-    """Test top-1 per epoch for each exit (mean over seeds, shaded ± std); baseline dashed."""
+    """Test top-1 per epoch for each exit (mean over seeds, shaded ± std): colour by exit, line by
+    method (self-distillation solid, deep supervision dotted); the baseline grey and dashed."""
     fig, ax = plt.subplots(figsize=(8, 4))
-    for method, style in (("self_distill", "-"), ("baseline", "--")):
+    styles = {"self_distill": ("-", None), "baseline": ("--", "#4d4d4d"), "deep_supervision": (":", None)}
+    for method, (style, grey) in styles.items():
         names = [r for r in runs.loc[runs["method"] == method, "run"] if r in histories]
         if not names:
             continue
@@ -51,8 +63,8 @@ def curves(runs: pd.DataFrame, histories: dict[str, pd.DataFrame], path) -> None
             col = f"top1_{name}"
             data = pd.concat([histories[r].set_index("epoch")[col].rename(r) for r in names], axis=1)
             mean, std = data.mean(axis=1), data.std(axis=1, ddof=1).fillna(0)
-            label = f"{'self-distillation' if method == 'self_distill' else 'baseline'} {name}"
-            colour = EXIT_COLOURS[name] if method == "self_distill" else "#4d4d4d"
+            label = f"{METHOD_LABELS[method].split(' (')[0]} {name}"
+            colour = grey or EXIT_COLOURS[name]
             ax.plot(mean.index, mean, style, color=colour, marker=".", label=label)
             ax.fill_between(mean.index, mean - std, mean + std, color=colour, alpha=0.15)
     ax.set_xlabel("epoch")

@@ -1,7 +1,8 @@
 """Report section 1: distillation methods × teacher→student pairs, then one chart page per pair.
 
 What the methods are (labels, formulas, published numbers) comes from the registry through the
-tables; nothing here names a method (the baseline is ``methods.BASELINE``, "the student alone").
+tables; nothing here names a method (the baseline is ``methods.BASELINE``, "the student alone"; the
+controls are ``methods.controls()``).
 """
 
 from pathlib import Path
@@ -17,9 +18,10 @@ def _num(value) -> bool:
     return value is not None and not pd.isna(value)
 
 
-def diff_cell(row: pd.Series, when: str) -> str:
-    """The paired difference from the student alone: mean ± std over seeds, seeds where it was better."""
-    key = f"{when}_top1"
+def diff_cell(row: pd.Series, when: str, prefix: str = "") -> str:
+    """The paired difference from the student alone (from a control: ``prefix`` ``vs_<control>_``):
+    mean ± std over seeds, seeds where it was better."""
+    key = f"{prefix}{when}_top1"
     if not _num(row.get(f"{key}_diff_mean")):
         return "–"
     mean, std = row[f"{key}_diff_mean"], row[f"{key}_diff_std"]
@@ -54,25 +56,81 @@ def methods_table(summary: pd.DataFrame, when: str) -> tuple[list[str], list[lis
     return columns, rows
 
 
+def _verdict(r: pd.Series, prefix: str, against: str) -> str | None:
+    key = f"{prefix}best_top1"
+    if not _num(r.get(f"{key}_diff_mean")):
+        return None
+    n = int(r[f"{key}_paired_seeds"])
+    diff = r[f"{key}_diff_mean"]
+    word = "beat" if diff > 0 else "did NOT beat"
+    if r[f"{key}_verdict"] == "larger than spread":
+        how = f"larger than its spread across seeds (± {r[f'{key}_diff_std']:.2f})"
+    elif r[f"{key}_verdict"] == "within spread":
+        how = f"within its spread across seeds (± {r[f'{key}_diff_std']:.2f})"
+    else:
+        how = "one seed, no spread to compare with"
+    return f"{r['label']} {word} {against}: {diff:+.2f} points, {how}; better on {int(r[f'{key}_seeds_better'])} of {n} seeds."
+
+
 def verdicts(rows: pd.DataFrame) -> str:
     """One plain sentence per method of a pair's rows: the paired difference at the best epoch, and
-    whether it is larger than its spread across seeds."""
+    whether it is larger than its spread across seeds; a method with a teacher gets one more per
+    control (methods.compared_with), which says whether the teacher added more than the control."""
     lines = []
     for _, r in rows.iterrows():
-        if not _num(r.get("best_top1_diff_mean")):
-            continue
-        n = int(r["best_top1_paired_seeds"])
-        diff = r["best_top1_diff_mean"]
-        word = "beat" if diff > 0 else "did NOT beat"
-        if r["best_top1_verdict"] == "larger than spread":
-            how = f"larger than its spread across seeds (± {r['best_top1_diff_std']:.2f})"
-        elif r["best_top1_verdict"] == "within spread":
-            how = f"within its spread across seeds (± {r['best_top1_diff_std']:.2f})"
-        else:
-            how = "one seed, no spread to compare with"
-        lines.append(f"{r['label']} {word} the student alone: {diff:+.2f} points, {how}; better on "
-                     f"{int(r['best_top1_seeds_better'])} of {n} seeds.")
+        for ref in methods.compared_with(r["method"]):
+            if ref == methods.BASELINE:
+                line = _verdict(r, "", "the student alone")
+            else:
+                line = _verdict(r, f"vs_{ref}_", f"the control {methods.label(ref)} (no teacher)")
+            if line:
+                lines.append(line)
     return "\n".join(lines)
+
+
+def controls_table(summary: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    """Rows: each method with a teacher; per pair, its paired difference at the best epoch from the
+    student alone and from each control (methods.controls()) that ran: what the teacher adds beyond it."""
+    controls = [c for c in methods.controls() if f"vs_{c}_best_top1_diff_mean" in summary.columns]
+    pairs = list(dict.fromkeys(summary["pair"]))
+    columns = ["method"]
+    for pair in pairs:
+        columns += [f"Δ vs alone, best\n{pair.replace('-to-', '→')}",
+                    *(f"Δ vs {methods.label(c)}\n{when}" for c in controls for when in ("best", "last"))]
+    rows = []
+    taught = summary[summary["method"].map(lambda m: m != "teacher" and methods.get(m).needs_teacher)]
+    for entry in dict.fromkeys(taught["entry"]):
+        entry_rows = taught[taught["entry"] == entry]
+        row = [entry_rows["label"].iloc[0]]
+        for pair in pairs:
+            r = entry_rows[entry_rows["pair"] == pair]
+            if r.empty:
+                row += ["–"] * (1 + 2 * len(controls))
+                continue
+            r = r.iloc[0]
+            row.append(diff_cell(r, "best"))
+            row += [diff_cell(r, when, f"vs_{c}_") for c in controls for when in ("best", "last")]
+        rows.append(row)
+    return columns, rows
+
+
+def controls_page(pdf, summary: pd.DataFrame) -> None:
+    """A page reading every method with a teacher against the controls, when a control ran."""
+    columns, rows = controls_table(summary)
+    if len(columns) == 1 + summary["pair"].nunique() or not rows:  # no control column: nothing to show
+        return
+    controls = [c for c in methods.controls() if f"vs_{c}_best_top1_diff_mean" in summary.columns]
+    fig = page()
+    heading(fig, "1.0 Against the controls: does the teacher add more than a regulariser?")
+    why = " ".join(f"{methods.label(c)}: {methods.get(c).formula}." for c in controls)
+    y = text(fig, 0.91, "A control trains the student without a teacher, with what a teacher's gain might be no more "
+                        "than. " + why + " Each cell: the "
+                        "method minus the control (or the student alone), paired by seed, mean ± std over seeds "
+                        "(seeds where the method was better / seeds); a method that does not beat the control "
+                        "shows no gain that needs its teacher.", size=8, width=120)
+    height = 0.0195 * (len(rows) + 2)  # the header holds two lines
+    table(fig, [0.03, y - height, 0.94, height], columns, rows, size=6.5)
+    save(pdf, fig)
 
 
 def caveat(summary: pd.DataFrame) -> str:
@@ -139,6 +197,7 @@ def kd_section(pdf, summary: pd.DataFrame, figures_dir: Path) -> None:
         text(fig, y - 0.005, "Reference, not measured here — " + "; ".join(refs) + ".", size=8, width=120,
              style="italic")
     save(pdf, fig)
+    controls_page(pdf, summary)
     for i, (pair, rows) in enumerate(summary.groupby("pair", sort=False), start=1):
         fig = page()
         r = rows.iloc[0]

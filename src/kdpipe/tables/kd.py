@@ -115,14 +115,14 @@ def paired_difference(g: pd.DataFrame, alone: pd.DataFrame, figure: str) -> dict
 
 def kd_summary(runs: pd.DataFrame) -> pd.DataFrame:
     """Methods × pairs: per pair, the teacher and every method's students, mean ± std over seeds at
-    the best and the last epoch, the paired difference from the student alone, and the published
-    reference (a separate column, never mixed with what was measured)."""
+    the best and the last epoch, the paired difference from the student alone (``best_top1_diff_mean``,
+    ...), for a method with a teacher also from each control (``vs_<control>_best_top1_diff_mean``, ...),
+    and the published reference (a separate column, never mixed with what was measured)."""
     taught = runs[(runs["teacher"].fillna("") != "") & (runs["method"] != "teacher")]
     pairs = taught[["dataset", "dataset_source", "teacher", "arch"]].drop_duplicates().itertuples(index=False)
     out = []
     for dataset, source, teacher, student in pairs:
         groups = pair_members(runs, dataset, teacher, student)
-        alone = groups.get(methods.BASELINE, pd.DataFrame())
         for entry, g in groups.items():
             if g.empty:
                 continue
@@ -141,9 +141,13 @@ def kd_summary(runs: pd.DataFrame) -> pd.DataFrame:
                    "reference_source": ref_source if ref is not None else ""}
             for fig in FIGURES:
                 row[f"{fig}_mean"], row[f"{fig}_std"] = seed_stats(g[fig])
-            if method not in ("teacher", methods.BASELINE) and not alone.empty:
+            for ref in methods.compared_with(method):  # the student alone, then (for a taught method) each control
+                ref_rows = groups.get(ref, pd.DataFrame())
+                if ref_rows.empty:
+                    continue
+                prefix = "" if ref == methods.BASELINE else f"vs_{ref}_"
                 for fig in ("best_top1", "last_top1"):
-                    row.update(paired_difference(g, alone, fig))
+                    row.update({prefix + k: v for k, v in paired_difference(g, ref_rows, fig).items()})
             out.append(row)
     return pd.DataFrame(out)
 

@@ -1,9 +1,13 @@
-"""Self-distillation tables: one row per run, and per method and exit mean ± std over seeds."""
+"""Self-distillation tables: one row per run, and per method and exit mean ± std over seeds, with
+BYOT's paired difference (by seed) from each of what it is read against (plan.SELF_DISTILL_REFERENCES)."""
 
 import pandas as pd
 
 from kdpipe.tables import headline, metrics_file, seed_stats, write_tables
-from kdpipe.plan import METHOD_LABELS
+from kdpipe.tables.kd import paired_difference
+from kdpipe.plan import METHOD_LABELS, SELF_DISTILL_REFERENCES
+
+COMPARED = "self_distill"  # the method read against SELF_DISTILL_REFERENCES
 
 EXITS = ["exit1", "exit2", "exit3", "exit4", "ensemble"]
 FIGURES = ["best_top1", "last_top1", "best_top5", "last_top5"]
@@ -11,7 +15,23 @@ FIGURES = ["best_top1", "last_top1", "best_top5", "last_top5"]
 
 def trained_exits(method: str) -> list[str]:
     """The baseline trains its last exit only: its other heads (and their ensemble) are untrained."""
-    return EXITS if method == "self_distill" else ["exit4"]
+    return ["exit4"] if method == "baseline" else EXITS
+
+
+def exit_difference(runs: pd.DataFrame, method: str, reference: str, name: str) -> dict:
+    """``method`` − ``reference`` at exit ``name``, paired by seed (kdpipe.tables.kd.paired_difference),
+    as ``vs_<reference>_<figure>_...`` columns; nothing where either did not train that exit."""
+    if name not in trained_exits(method) or name not in trained_exits(reference):
+        return {}
+    def at_exit(m):
+        return runs[runs["method"] == m].rename(columns={f"{fig}_{name}": fig for fig in ("best_top1", "last_top1")})
+    ours, ref = at_exit(method), at_exit(reference)
+    if ours.empty or ref.empty:
+        return {}
+    out = {}
+    for fig in ("best_top1", "last_top1"):
+        out.update({f"vs_{reference}_{k}": v for k, v in paired_difference(ours, ref, fig).items()})
+    return out
 
 
 def sd_run_rows(metrics_files) -> pd.DataFrame:
@@ -50,6 +70,10 @@ def sd_summary(runs: pd.DataFrame) -> pd.DataFrame:
                 row[k] = first.get(f"sd_{k}")
             for fig in FIGURES:
                 row[f"{fig}_mean"], row[f"{fig}_std"] = seed_stats(g[f"{fig}_{name}"])
+            if method == COMPARED:
+                on_set = runs[(runs["dataset"] == dataset) & (runs["arch"] == arch)]
+                for reference in SELF_DISTILL_REFERENCES:
+                    row.update(exit_difference(on_set, method, reference, name))
             out.append(row)
     return pd.DataFrame(out)
 

@@ -12,12 +12,13 @@ from kdpipe.training.classify import Classifier, accuracy_percent, topk_hits, tr
 class MultiExitClassifier(Classifier):
     """Same data path as Classifier; the loss and the evaluation see every exit.
 
-    ``method`` is ``self_distill`` (the BYOT loss) or ``baseline`` (cross-entropy on the deepest
-    exit only: the plain network the paper compares against).
+    ``method`` is ``self_distill`` (the BYOT loss), ``baseline`` (cross-entropy on the deepest
+    exit only: the plain network the paper compares against) or ``deep_supervision`` (cross-entropy
+    at every exit and nothing else: the control for BYOT's KL and feature terms).
     """
 
     def graph_key(self):
-        """BYOT and its baseline read nothing of the epoch: a graphed step captures once per lr."""
+        """None of the three losses reads the epoch: a graphed step captures once per lr."""
         return None
 
     def loss(self, batch):
@@ -27,6 +28,8 @@ class MultiExitClassifier(Classifier):
             if self.method == "baseline":
                 ce = torch.nn.functional.cross_entropy(logits[-1], y)
                 return ce, {f"ce{len(logits)}": ce}
+            if self.method == "deep_supervision":
+                return losses.deep_supervision(logits, y)
             return losses.self_distill(logits, features, y, self.kd["temperature"], self.kd["alpha"],
                                        self.kd["lam"], detach_teacher=self.kd.get("detach_teacher", True))
 
