@@ -45,6 +45,7 @@ rule tables:
         rules.tables_self_distill.output,
         rules.tables_autoencoder.output,
         rules.tables_jobs.output,
+        rules.tables_reproduction.output,
 
 
 rule figures:

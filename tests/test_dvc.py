@@ -24,7 +24,7 @@ PRESETS = ["presets/demo.yaml", "presets/tiny.yaml"]
 TINY = ["--configfile", *PRESETS]
 TABLES = ["kd_runs.csv", "kd_summary.csv", "self_distill_runs.csv", "self_distill_summary.csv",
           "autoencoder_runs.csv", "autoencoder_summary.csv", "jobs.csv", "kd_metrics.json",
-          "self_distill_metrics.json", "autoencoder_metrics.json"]
+          "self_distill_metrics.json", "autoencoder_metrics.json", "reproduction.csv", "reproduction_metrics.json"]
 
 
 def run(workdir: Path, *cmd: str, check: bool = True, timeout: int = 1800) -> subprocess.CompletedProcess:
@@ -127,7 +127,8 @@ def test_snakemake_refuses_pulled_files_until_synced(origin, tmp_path):
     run(work, "kdpipe", "dvc-sync")
     proc = snakemake(work, "-n", "results/report.pdf", *TINY, str(hotter))
     soft = len(classify_runs(origin, "kd_soft-"))
-    assert planned_jobs(proc.stdout) == {"train": soft, "tables_kd": 1, "tables_jobs": 1, "figures_kd": 1, "report": 1}
+    assert planned_jobs(proc.stdout) == {"train": soft, "tables_kd": 1, "tables_jobs": 1, "tables_reproduction": 1,
+                                         "figures_kd": 1, "report": 1}
 
 
 def test_sync_never_trusts_outputs_of_other_parameters(origin, tmp_path):

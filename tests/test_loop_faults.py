@@ -277,6 +277,7 @@ def _report_inputs(tables: Path) -> None:
         pd.DataFrame({"git_commit": ["abc"], "device": ["cpu"], "host": ["h"]}).to_csv(tables / f"{name}.csv",
                                                                                        index=False)
     pd.DataFrame({"wall_s": [60.0], "cpu_s": [30.0]}).to_csv(tables / "jobs.csv", index=False)
+    pd.DataFrame({"entry": []}).to_csv(tables / "reproduction.csv", index=False)
 
 
 def test_report_writes_through_its_own_temp_name(tmp_path, monkeypatch):
@@ -291,7 +292,7 @@ def test_report_writes_through_its_own_temp_name(tmp_path, monkeypatch):
     stale.write_bytes(b"a killed build's half report")
     opened = []
     monkeypatch.setattr(build, "PdfPages", lambda path, **kw: opened.append(Path(path)) or PdfPages(path, **kw))
-    for section in ("kd_section", "self_distill_section", "autoencoder_section", "jobs_appendix"):
+    for section in ("kd_section", "self_distill_section", "autoencoder_section", "reproduction_section", "jobs_appendix"):
         monkeypatch.setattr(build, section, lambda *a: None)  # the sections have their own tests
     build.build_report(out=out, name="tiny", tables_dir=tmp_path / "tables", figures_dir=tmp_path)
     assert opened == [out.with_name(f".report.pdf.tmp-{os.getpid()}")]

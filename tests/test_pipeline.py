@@ -135,7 +135,7 @@ def test_one_temperature_change_reruns_only_that_student(demo):
     args = ["results/report.pdf", *DEMO, str(overlay)]
     seeds = len(config["classify"]["seeds"])
     assert planned_jobs(snakemake(demo, "-n", *args).stdout) == {
-        "train": seeds, "tables_kd": 1, "tables_jobs": 1, "figures_kd": 1, "report": 1}
+        "train": seeds, "tables_kd": 1, "tables_jobs": 1, "tables_reproduction": 1, "figures_kd": 1, "report": 1}
     classify = demo / "results" / "synthetic10" / "classify"
     before = {d.name: (d / "metrics.json").stat().st_mtime_ns for d in classify.iterdir()}
     proc = snakemake(demo, *args, "--cores", "2", timeout=900)

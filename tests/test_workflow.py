@@ -51,6 +51,7 @@ def test_paper_dag_lists_offline(tmp_path):
         "tables_self_distill": 1,
         "tables_autoencoder": 1,
         "tables_jobs": 1,
+        "tables_reproduction": 1,
         "figures_kd": 1,
         "figures_self_distill": 1,
         "figures_autoencoder": 1,

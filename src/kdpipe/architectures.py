@@ -39,6 +39,9 @@ class Architecture:
     epoch_s: float | None
     references: dict = field(default_factory=dict)  # role ("alone", "teacher") -> published CIFAR-100 top-1 %
     reference_source: str = ""
+    # The epoch the source says its numbers are from: "best epoch", "last epoch" or "not stated"
+    # (kdpipe.references.EPOCH_CONVENTIONS); what the source states, never what it probably did.
+    reference_epoch: str = ""
 
 
 def _cifar_resnet(depth: int, filters: list[int], num_classes: int):
@@ -58,7 +61,9 @@ WIDE = [32, 64, 128, 256]  # RepDistiller's "x4" ResNets
 RESNET_STAGES = "after each stage's last ReLU (post-activation basic blocks; RepDistiller's preact=False)"
 WRN_STAGES = ("each stage's block sum, before the next BN + ReLU (pre-activation: not rectified; "
               "RepDistiller's wrn.py feats[1:4])")
-REPDISTILLER = "RepDistiller README (CIFAR-100, top-1 %, last epoch of 240)"
+# Its README does not say which epoch (train_student.py prints the best test accuracy, saves the last).
+REPDISTILLER = "RepDistiller README (CIFAR-100, top-1 %, 240 epochs)"
+REPDISTILLER_EPOCH = "not stated"
 
 
 def _resnet(depth: int, filters: list[int], params: int, epoch_s: float, references=None) -> Architecture:
@@ -67,7 +72,7 @@ def _resnet(depth: int, filters: list[int], params: int, epoch_s: float, referen
     return Architecture(
         name, f"CIFAR ResNet, depth {depth}{width} (RepDistiller's resnet.py)",
         partial(_cifar_resnet, depth, filters), RESNET_STAGES, params, epoch_s,
-        references or {}, REPDISTILLER if references else "")
+        references or {}, REPDISTILLER if references else "", REPDISTILLER_EPOCH if references else "")
 
 
 # Seconds per epoch: resnet56, resnet32x4, resnet20 and resnet8x4 were measured (issue 11's table);
@@ -89,10 +94,10 @@ ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in [
     # the four measured ResNets, 2.17 s + 0.219 s per layer of depth, gives these.
     Architecture("wrn_40_2", "WideResNet, depth 40, widen factor 2 (RepDistiller's wrn.py)",
                  partial(_wide_resnet, 40, 2), WRN_STAGES, 2_255_156, 10.9,
-                 {"teacher": 75.61}, REPDISTILLER),
+                 {"teacher": 75.61}, REPDISTILLER, REPDISTILLER_EPOCH),
     Architecture("wrn_16_2", "WideResNet, depth 16, widen factor 2 (RepDistiller's wrn.py)",
                  partial(_wide_resnet, 16, 2), WRN_STAGES, 703_284, 5.7,
-                 {"alone": 73.26}, REPDISTILLER),
+                 {"alone": 73.26}, REPDISTILLER, REPDISTILLER_EPOCH),
 ]}
 
 

@@ -105,6 +105,12 @@ def cmd_tables_self_distill(a):
     self_distill_tables(a.metrics, runs_csv=a.runs, summary_csv=a.summary, headline_json=a.headline)
 
 
+def cmd_tables_reproduction(a):
+    from kdpipe.tables.reproduction import reproduction_table
+
+    reproduction_table(a.classify_metrics, a.self_distill_metrics, out_csv=a.out, headline_json=a.headline)
+
+
 def cmd_figures_self_distill(a):
     from kdpipe.figures.self_distill import self_distill_figures
 
@@ -298,6 +304,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_figures_kd)
 
     _tables_parser(sub, "tables-self-distill", "self-distillation tables from metrics.json files", cmd_tables_self_distill)
+
+    s = sub.add_parser("tables-reproduction", help="ours against every published number: mean ± sd over seeds, "
+                       "95%% t-interval, the source's epoch convention, the gap (from metrics.json files)")
+    s.add_argument("--classify-metrics", nargs="*", type=Path, default=[], help="the classifiers' metrics.json files")
+    s.add_argument("--self-distill-metrics", nargs="*", type=Path, default=[],
+                   help="the multi-exit runs' metrics.json files")
+    s.add_argument("--out", required=True, type=Path, help="the gap table (CSV)")
+    s.add_argument("--headline", type=Path, help="the gaps as JSON (DVC metrics)")
+    s.set_defaults(func=cmd_tables_reproduction)
 
     s = sub.add_parser("figures-self-distill", help="accuracy against cost, and per-exit curves")
     s.add_argument("--summary", required=True, type=Path)

@@ -66,9 +66,15 @@ def methods_table() -> str:
     sources: dict[str, list[str]] = {}
     for name, m in METHODS.items():
         if m.references:
-            sources.setdefault(m.reference_source or "source not given", []).append(f"`{name}`")
+            source = _with_epoch(m.reference_source or "source not given", getattr(m, "reference_epoch", ""))
+            sources.setdefault(source, []).append(f"`{name}`")
     notes = "\n".join(f"- {', '.join(names)}: {source}" for source, names in sources.items())
     return f"{table}\n\nSources of the published numbers:\n\n{notes}" if notes else table
+
+
+def _with_epoch(source: str, epoch: str) -> str:
+    """A source with the epoch convention it states (kdpipe.references.EPOCH_CONVENTIONS)."""
+    return f"{source}; epoch: {epoch}" if epoch else source
 
 
 def method_settings_table() -> str:
@@ -112,7 +118,8 @@ def architectures_table() -> str:
         published = [f"{role} {refs[role]:.2f}" for role in ("alone", "teacher") if refs.get(role) is not None]
         rows.append([f"`{a.name}`", a.description, _stages(a.stages), _params(a.params_cifar100),
                      "–" if a.epoch_s is None else _number(a.epoch_s),
-                     ", ".join(published) or "–", a.reference_source if published else "–"])
+                     ", ".join(published) or "–",
+                     _with_epoch(a.reference_source, getattr(a, "reference_epoch", "")) if published else "–"])
     return _table(["architecture", "description", "stage outputs", "parameters (CIFAR-100)",
                    "expected epoch (s)", "published CIFAR-100 top-1 %", "source"], rows)
 

@@ -72,6 +72,9 @@ class Method:
     check_pair: Callable | None = None
     references: dict = field(default_factory=dict)  # (teacher, student) -> published CIFAR-100 top-1 %
     reference_source: str = ""
+    # The epoch the source says its numbers are from: "best epoch", "last epoch" or "not stated"
+    # (kdpipe.references.EPOCH_CONVENTIONS); what the source states, never what it probably did.
+    reference_epoch: str = ""
     # A control: no teacher, but what a teacher's gain might be no more than (label smoothing). The
     # tables and report read every method that needs a teacher against it as well as against BASELINE.
     control: bool = False
@@ -89,7 +92,10 @@ def _losses():
 TEMPERATURE = {"type": "number", "exclusiveMinimum": 0}
 WEIGHT = {"type": "number", "minimum": 0}
 UNIT = {"type": "number", "minimum": 0, "maximum": 1}
-REPDISTILLER = "RepDistiller / mdistiller tables (CIFAR-100, 240 epochs)"
+# RepDistiller's README does not say which epoch (its train_student.py prints the best test accuracy
+# and saves the last model); mdistiller's tables report the best epoch (best_acc), mean of 5 runs.
+REPDISTILLER = "RepDistiller README (CIFAR-100, 240 epochs)"
+MDISTILLER = "mdistiller README (CIFAR-100, 240 epochs, mean of 5 runs)"
 
 
 def epoch_independent(epoch: int, params: dict) -> None:
@@ -151,7 +157,7 @@ METHODS: dict[str, Method] = {m.name: m for m in [
                 "alpha": Param(0.9, UNIT, "weight of the KL term; 1 - alpha weights CE with the labels")},
         references={("resnet56", "resnet20"): 70.66, ("resnet110", "resnet32"): 73.08,
                     ("resnet32x4", "resnet8x4"): 73.33, ("wrn_40_2", "wrn_16_2"): 74.92},
-        reference_source="RepDistiller README (CIFAR-100, last epoch)"),
+        reference_source=REPDISTILLER, reference_epoch="not stated"),
     Method(
         "kd_hard", "KD hard", "#ff7f0e", "(1-a)·CE(labels) + a·CE(teacher's argmax)",
         needs_teacher=True,
@@ -168,7 +174,7 @@ METHODS: dict[str, Method] = {m.name: m for m in [
                                 "epochs over which the distillation weight ramps up to 1 (0: none)")},
         references={("resnet56", "resnet20"): 71.97, ("resnet32x4", "resnet8x4"): 76.32,
                     ("wrn_40_2", "wrn_16_2"): 76.24},
-        reference_source=REPDISTILLER),
+        reference_source=MDISTILLER, reference_epoch="best epoch"),
     Method(
         "fitnet", "FitNets", "#2ca02c", "CE + b·MSE(regressor(f_s), f_t), one stage",
         needs_teacher=True, features=("student", "teacher"), step=_fitnet_step,
@@ -178,7 +184,7 @@ METHODS: dict[str, Method] = {m.name: m for m in [
                                "stage whose output is the hint (RepDistiller's hint_layer 2: the middle stage)")},
         references={("resnet56", "resnet20"): 69.21, ("resnet32x4", "resnet8x4"): 73.50,
                     ("wrn_40_2", "wrn_16_2"): 73.58},
-        reference_source=REPDISTILLER),
+        reference_source=REPDISTILLER, reference_epoch="not stated"),
     Method(
         "at", "attention transfer", "#8c564b", "CE + b·Σ_stages mean((a_s − a_t)²), a = normalise(mean_c f^p)",
         needs_teacher=True, features=("student", "teacher"),
@@ -188,13 +194,14 @@ METHODS: dict[str, Method] = {m.name: m for m in [
                 "p": Param(2, {"type": "number", "exclusiveMinimum": 0}, "attention = mean over channels of f^p")},
         references={("resnet56", "resnet20"): 70.55, ("resnet32x4", "resnet8x4"): 73.44,
                     ("wrn_40_2", "wrn_16_2"): 74.08},
-        reference_source=REPDISTILLER),
+        reference_source=REPDISTILLER, reference_epoch="not stated"),
     Method(
         "dml", "mutual learning", "#17becf", "two students, each CE + KL(p_peer ‖ p_self), no teacher",
         students=2, step=lambda o, p: _losses().dml([o.logits, *o.peers], o.targets),
         epoch_key=epoch_independent,
         references={("resnet32", "resnet32"): 71.19},
-        reference_source="Zhang et al. 2018 (CIFAR-100, resnet32 with a resnet32 peer; alone 68.99)"),
+        reference_source="Zhang et al. 2018, Deep Mutual Learning (CIFAR-100, resnet32 with a resnet32 peer; alone 68.99)",
+        reference_epoch="not stated"),
 ]}
 
 

@@ -69,6 +69,29 @@ rule tables_autoencoder:
         "> {log:q} 2>&1"
 
 
+rule tables_reproduction:
+    input:
+        classify=family_outputs("classify", "metrics.json"),
+        self_distill=family_outputs("self_distill", "metrics.json"),
+    output:
+        table=report(
+            "results/tables/reproduction.csv", category="Tables", labels={"table": "ours vs published"}
+        ),
+        headline="results/tables/reproduction_metrics.json",  # dvc metrics show
+    log:
+        "results/logs/tables_reproduction.log",
+    benchmark:
+        "results/benchmarks/tables_reproduction.tsv"
+    conda:
+        "../../envs/kdpipe.yaml"
+    threads: 1
+    resources:
+        **RESOURCES["report"],
+    shell:
+        "kdpipe tables-reproduction --classify-metrics {input.classify:q} --self-distill-metrics {input.self_distill:q} "
+        "--out {output.table:q} --headline {output.headline:q} > {log:q} 2>&1"
+
+
 rule tables_jobs:
     input:
         metrics=[f for family in ("classify", "self_distill", "autoencoder") for f in family_outputs(family, "metrics.json")],
@@ -171,6 +194,7 @@ rule report:
             "results/tables/autoencoder_runs.csv",
             "results/tables/autoencoder_summary.csv",
             "results/tables/jobs.csv",
+            "results/tables/reproduction.csv",
         ],
         figures=kd_figures() + SELF_DISTILL_FIGURES + AE_FIGURES,
     output:
