@@ -88,48 +88,47 @@ def verdicts(rows: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def controls_table(summary: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
-    """Rows: each method with a teacher; per pair, its paired difference at the best epoch from the
-    student alone and from each control (methods.controls()) that ran: what the teacher adds beyond it."""
-    controls = [c for c in methods.controls() if f"vs_{c}_best_top1_diff_mean" in summary.columns]
-    pairs = list(dict.fromkeys(summary["pair"]))
-    columns = ["method"]
-    for pair in pairs:
-        columns += [f"Δ vs alone, best\n{pair.replace('-to-', '→')}",
-                    *(f"Δ vs {methods.label(c)}\n{when}" for c in controls for when in ("best", "last"))]
-    rows = []
-    taught = summary[summary["method"].map(lambda m: m != "teacher" and methods.get(m).needs_teacher)]
-    for entry in dict.fromkeys(taught["entry"]):
-        entry_rows = taught[taught["entry"] == entry]
-        row = [entry_rows["label"].iloc[0]]
-        for pair in pairs:
-            r = entry_rows[entry_rows["pair"] == pair]
-            if r.empty:
-                row += ["–"] * (1 + 2 * len(controls))
-                continue
-            r = r.iloc[0]
-            row.append(diff_cell(r, "best"))
-            row += [diff_cell(r, when, f"vs_{c}_") for c in controls for when in ("best", "last")]
-        rows.append(row)
-    return columns, rows
+def ran_controls(summary: pd.DataFrame) -> list[str]:
+    """The controls (methods.controls()) some method of the summary was read against."""
+    return [c for c in methods.controls() if f"vs_{c}_best_top1_diff_mean" in summary.columns
+            and summary[f"vs_{c}_best_top1_diff_mean"].notna().any()]
+
+
+def controls_table(rows: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    """One pair's rows: each method with a teacher, its paired difference from the student alone at the
+    best epoch and from each control that ran at the best and last epoch: what the teacher adds beyond it."""
+    controls = ran_controls(rows)
+    columns = ["method", "Δ vs alone\nbest", *(f"Δ vs {methods.label(c)}\n{when}" for c in controls
+                                                 for when in ("best", "last"))]
+    taught = rows[rows["method"].map(lambda m: m != "teacher" and methods.get(m).needs_teacher)]
+    return columns, [[r["label"], diff_cell(r, "best"),
+                      *(diff_cell(r, when, f"vs_{c}_") for c in controls for when in ("best", "last"))]
+                     for _, r in taught.iterrows()]
 
 
 def controls_page(pdf, summary: pd.DataFrame) -> None:
-    """A page reading every method with a teacher against the controls, when a control ran."""
-    columns, rows = controls_table(summary)
-    if len(columns) == 1 + summary["pair"].nunique() or not rows:  # no control column: nothing to show
+    """A page reading every method with a teacher against the controls, a table per pair; none when
+    no control ran."""
+    controls = ran_controls(summary)
+    if not controls:
         return
-    controls = [c for c in methods.controls() if f"vs_{c}_best_top1_diff_mean" in summary.columns]
     fig = page()
-    heading(fig, "1.0 Against the controls: does the teacher add more than a regulariser?")
-    why = " ".join(f"{methods.label(c)}: {methods.get(c).formula}." for c in controls)
-    y = text(fig, 0.91, "A control trains the student without a teacher, with what a teacher's gain might be no more "
-                        "than. " + why + " Each cell: the "
+    heading(fig, "1.0 Against the controls (no teacher)")
+    why = "; ".join(f"{methods.label(c)}, {methods.get(c).formula}" for c in controls)
+    y = text(fig, 0.91, "Does the teacher add more than a regulariser? A control trains the student without a teacher, "
+                        "with a regulariser a teacher's gain might amount to (" + why + "). Each cell: the "
                         "method minus the control (or the student alone), paired by seed, mean ± std over seeds "
                         "(seeds where the method was better / seeds); a method that does not beat the control "
                         "shows no gain that needs its teacher.", size=8, width=120)
-    height = 0.0195 * (len(rows) + 2)  # the header holds two lines
-    table(fig, [0.03, y - height, 0.94, height], columns, rows, size=6.5)
+    for pair, rows in summary.groupby("pair", sort=False):
+        columns, cells = controls_table(rows)
+        if not cells:
+            continue
+        r = rows.iloc[0]
+        y = text(fig, y - 0.005, f"{r['teacher']} → {r['student']}", size=9, weight="bold")
+        height = 0.0195 * (len(cells) + 2)  # the header holds two lines
+        table(fig, [0.03, y - height, 0.94, height], columns, cells, size=7)
+        y -= height + 0.02
     save(pdf, fig)
 
 
