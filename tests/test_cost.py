@@ -184,3 +184,14 @@ def test_methods_table_and_first_page_show_the_cost(tmp_path):
     # 1 + 2 teacher hours + 8 students × half an hour = 7 GPU-hours on the H100
     assert ("Training the 10 runs of this report cost 7 GPU-hours (7 on NVIDIA H100), read from each job's "
             "metrics.json; a job that shared a GPU with k−1 others counts 1/k of that time.") in text
+
+
+def test_jobs_appendix_cost_cells():
+    from kdpipe.report.jobs import cost_cell
+
+    rows = cost_rows([metrics("a", claimed=0, finished=100), metrics("b", claimed=50, finished=150),
+                      metrics("e", device="cpu", wall=36.0), metrics("t", device="cpu", wall=5.0, imported=True)])
+    cells = {r["run"]: cost_cell(r) for _, r in rows.iterrows()}
+    # 75 s = 0.0208 h, on a GPU shared by 100/75 = 1.33 jobs on average
+    assert cells == {"a": "0.0208 GPU-h ÷1.33", "b": "0.0208 GPU-h ÷1.33", "e": "0.01 CPU-h", "t": "0 (imported)"}
+    assert cost_cell(pd.Series({"rule": "prepare_cifar", "cost_h": float("nan")})) == ""

@@ -24,5 +24,8 @@ def cost_cell(r: pd.Series, when: str) -> str:
         return "0 (imported)" if imported else "–"
     hours = r["cost_gpu_h"] if unit == "GPU-h" else r["cost_cpu_h"]
     gain = r.get(f"{when}_top1_gain_per_h")
-    rate = f" ({gain:+.3g}/h)" if gain is not None and not pd.isna(gain) else ""
+    if gain is None or pd.isna(gain):
+        rate = ""
+    else:  # no exponent: minutes of CPU make large rates
+        rate = f" ({gain:+.3g}/h)" if abs(gain) < 1000 else f" ({gain:+,.0f}/h)"
     return f"{_h(hours)} {unit}{rate}"
