@@ -115,6 +115,17 @@ def training_inputs(wildcards):
     }
 
 
+def imported_inputs(wildcards):
+    """The source's archive and the prepared data (the test set it is evaluated on, the training
+    set whose channel statistics normalise it, as for a trained teacher)."""
+    cfg = run_config(wildcards)
+    return {
+        "archive": plan.teacher_archive(cfg["import"]["source"]),
+        "train": f"data/prepared/{cfg['dataset']}/train.pt",
+        "test": f"data/prepared/{cfg['dataset']}/test.pt",
+    }
+
+
 def family_outputs(family, name):
     """One file (model.pt, metrics.json, history.csv) of every run of a family."""
     return [f"{run_dir(cfg['dataset'], f, run)}/{name}" for (f, run), cfg in sorted(RUNS.items()) if f == family]

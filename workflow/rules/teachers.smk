@@ -34,17 +34,6 @@ rule download_teachers:
         "--out {output.archive:q} > {log:q} 2>&1"
 
 
-def imported_inputs(wildcards):
-    """The source's archive and the prepared data (the test set it is evaluated on, the training
-    set whose channel statistics normalise it, as for a trained teacher)."""
-    cfg = run_config(wildcards)
-    return {
-        "archive": plan.teacher_archive(cfg["import"]["source"]),
-        "train": f"data/prepared/{cfg['dataset']}/train.pt",
-        "test": f"data/prepared/{cfg['dataset']}/test.pt",
-    }
-
-
 rule import_teacher:
     input:
         unpack(imported_inputs),
