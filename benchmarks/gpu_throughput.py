@@ -18,7 +18,7 @@ each with its ratio to the plain eager step and, where the issue sets one, its t
 student's step against the same student alone plus one teacher forward per batch (target: no
 slower). Then 1, 2 and 4 processes sharing the GPU, each running kdpipe's default step on the
 first model: all start together and stop at one common deadline, and only steps finished before
-it count, so the total is what the GPU gives that many jobs at once (KDPIPE_JOBS_PER_GPU, README).
+it count, so the total is what the GPU gives that many jobs at once (KDPIPE_JOBS_PER_GPU, docs/gpu.md).
 
 Every measurement is printed (and flushed) as one line when it is taken, and ``--summary`` gets it
 at once (atomically rewritten JSON); a run cut off by a time limit keeps what it measured.

@@ -8,7 +8,7 @@ pure function in ``kdpipe.losses``, named there and nowhere else) with what the 
 the published CIFAR-100 numbers of its student per (teacher, student) pair to print beside ours (the
 teacher's and the student alone's are the architecture's: kdpipe.architectures), and how many
 students it trains. Adding a method
-is one entry here plus its loss and tests (README: "Adding a method").
+is one entry here plus its loss and tests (docs/methods.md: "Adding a method").
 
 This module does not import torch (the Snakefile reads it when the DAG loads); a step imports
 ``kdpipe.losses`` when it first runs.

@@ -1,7 +1,7 @@
 """One published checkpoint read out of an archive of them, without trusting either.
 
 The archive (mdistiller's ``cifar_teachers.tar``: ``cifar_teachers/<arch>_vanilla/ckpt_epoch_240.pth``,
-about 1 GB) is never extracted: the one member is opened by its exact name and read into memory.
+large) is never extracted: the one member is opened by its exact name and read into memory.
 A name with ``..`` or a leading ``/``, and a member that is a link or a special file, are refused;
 the bytes are loaded with ``torch.load(weights_only=True)`` on the CPU, so a pickle that would run
 code is refused by torch and nothing in it runs.
