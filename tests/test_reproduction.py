@@ -157,6 +157,39 @@ def test_sources_state_only_the_epoch_they_state():
     assert references.BYOT_EPOCH == "not stated"
 
 
+def test_an_imported_teacher_is_one_checkpoint_not_three_seeds(tmp_path):
+    """Three seeds evaluating the same imported checkpoint (one sha256, one score) are one measurement:
+    n=1, no sd, no interval, no inside, not '± 0.00, n=3' nor 'outside our interval'; two distinct
+    checkpoints are n=2 with their interval."""
+    imported = {"imported": True, "source": {"name": "mdistiller", "url": "https://x/t.tar", "member": "m"}}
+    classify = [classify_metrics(tmp_path, "teacher", "resnet56", seed, 72.34, 72.34, checkpoint_sha256="a" * 64,
+                                 **imported) for seed in (0, 1, 2)]
+    classify += [classify_metrics(tmp_path, "kd_soft", "resnet20", seed, 70.0, 70.0, teacher="resnet56")
+                 for seed in (0, 1, 2)]
+    t = reproduction_table(classify, [], out_csv=tmp_path / "r.csv", headline_json=tmp_path / "r.json")
+    teacher = t.set_index("entry").loc["teacher"]
+    assert teacher["seeds"] == 1 and teacher["best_mean"] == pytest.approx(72.34)
+    assert pd.isna(teacher["best_sd"]) and pd.isna(teacher["best_ci_low"]) and pd.isna(teacher["best_ci_high"])
+    assert pd.isna(teacher["best_inside"]) and pd.isna(teacher["last_inside"])
+    assert teacher["imported"] == True and teacher["imported_from"] == "mdistiller"  # noqa: E712
+    assert t.set_index("entry").loc["kd_soft", "seeds"] == 3  # trained students still count their seeds
+    assert json.loads((tmp_path / "r.json").read_text())["resnet56"]["teacher"]["seeds"] == 1
+    assert sentence(teacher) == (
+        "resnet56 teacher: imported checkpoint (mdistiller), measured here at 72.34 top-1, RepDistiller README "
+        "72.34 (epoch not stated): 0.00 points apart; one checkpoint, no interval.")
+
+    # a second checkpoint (another sha256) scoring 72.84 on seed 2: n=2, mean 72.59, sd 0.3536, t(1 dof) 12.706
+    two = tmp_path / "two"
+    classify = [classify_metrics(two, "teacher", "resnet56", seed, top1, top1, checkpoint_sha256=sha, **imported)
+                for seed, top1, sha in ((0, 72.34, "a" * 64), (1, 72.34, "a" * 64), (2, 72.84, "b" * 64))]
+    classify.append(classify_metrics(two, "kd_soft", "resnet20", 0, 70.0, 70.0, teacher="resnet56"))
+    teacher = reproduction_table(classify, [], out_csv=two / "r.csv").set_index("entry").loc["teacher"]
+    assert teacher["seeds"] == 2 and teacher["best_mean"] == pytest.approx(72.59)
+    assert teacher["best_sd"] == pytest.approx(0.5 / 2 ** 0.5)
+    assert teacher["best_ci_low"] == pytest.approx(72.59 - 12.706 * 0.25)
+    assert teacher["best_inside"] == True  # noqa: E712
+
+
 def _row(**kw) -> pd.Series:
     base = {"subject": "resnet56 → resnet20, KD soft", "seeds": 3, "compared_at": "best", "imported": False,
             "best_mean": 70.1, "best_sd": 0.3, "best_ci_low": 69.36, "best_ci_high": 70.85, "best_diff": 70.1 - 70.66,

@@ -21,7 +21,8 @@ INTRO = (
     "epoch is in the table). 'Inside' says the published number lies in our interval: with 2-3 seeds the "
     "interval is wide, so inside means 'not shown to differ', not 'reproduced'; outside means our mean differs "
     "from it by more than this many seeds' noise explains, which can come from a different recipe, teacher or "
-    "epoch convention as much as from the method. Published numbers are references, not measured here."
+    "epoch convention as much as from the method. Published numbers are references, not measured here. An "
+    "imported teacher is the same checkpoint whatever the seed: its n counts distinct checkpoints, and one has no interval."
 )
 
 
@@ -53,12 +54,34 @@ def _inside(value) -> bool | None:
     return None if not _num(value) else bool(value)
 
 
+def _imported(row: pd.Series) -> bool:
+    return row.get("imported") in (True, "True", "true")
+
+
+def one_checkpoint(row: pd.Series) -> str:
+    """An imported teacher read from one checkpoint (whatever the seeds): a measurement, not a
+    sample, e.g. "resnet56 teacher: imported checkpoint (mdistiller), measured here at 72.34 top-1,
+    RepDistiller README 72.34 (epoch not stated): 0.00 points apart; one checkpoint, no interval." """
+    when = row["compared_at"]
+    name = f"{row['student']} teacher" if row.get("method") == "teacher" else row["subject"]
+    source = row.get("imported_from")
+    source = f" ({source})" if isinstance(source, str) and source else ""
+    diff = row[f"{when}_diff"]
+    gap = ("0.00 points apart" if round(diff, 2) == 0
+           else f"ours {abs(diff):.2f} points {'lower' if diff < 0 else 'higher'}")
+    return (f"{name}: imported checkpoint{source}, measured here at {row[f'{when}_mean']:.2f} top-1, "
+            f"{short_source(row['published_source'])} {row['published_top1']:.2f} "
+            f"({epoch_words(row['published_epoch'])}): {gap}; one checkpoint, no interval.")
+
+
 def sentence(row: pd.Series) -> str:
     """One quotable sentence for one published number, e.g. "resnet56 → resnet20, KD soft: ours 70.10 ±
     0.30 (best epoch, n=3; 95% CI 69.35–70.85), RepDistiller README 70.66 (epoch not stated): published
     number outside our interval; ours 0.56 points lower." """
+    if _imported(row) and int(row["seeds"]) == 1:
+        return one_checkpoint(row)
     when = row["compared_at"]
-    subject = row["subject"] + (" (imported)" if row.get("imported") in (True, "True", "true") else "")
+    subject = row["subject"] + (" (imported)" if _imported(row) else "")
     inside = _inside(row[f"{when}_inside"])
     if inside is None:
         verdict = "one seed, so no interval to place the published number in"

@@ -67,6 +67,9 @@ def kd_run_rows(metrics_files) -> pd.DataFrame:
                     "settings": _settings(cfg), "wall_time_s": m["wall_time_s"], "device": m["device"],
                     "host": m.get("host", ""), "git_commit": m["git_commit"],
                     "imported_from": m["source"]["url"] if m.get("imported") else "",
+                    # which source and which checkpoint: every seed of an imported teacher reads the same one
+                    "imported_source": m["source"]["name"] if m.get("imported") else "",
+                    "checkpoint_sha256": m.get("checkpoint_sha256", "") if m.get("imported") else "",
                 })
     order = {name: i for i, name in enumerate(methods.order())}
     df = pd.DataFrame(rows)

@@ -8,6 +8,9 @@ two-sided 5% critical value for n - 1 degrees of freedom), the published number 
 convention its source states, the difference (ours - published) and whether the published number
 lies inside our interval. Published numbers are CIFAR-100's: a run on another data set has none.
 
+An imported teacher is the same checkpoint whatever the seed, so its n is the number of distinct
+checkpoints (checkpoint_sha256), not of seeds: one checkpoint has no sd, no interval and no inside.
+
 Reads metrics.json files only (as every table does), through the KD and self-distillation tables'
 own row readers; nothing here names a method.
 """
@@ -25,7 +28,7 @@ PUBLISHED_DATASET = "cifar100"  # the data set every registered published number
 WHEN = ("best", "last")
 COLUMNS = [
     "dataset", "family", "group", "entry", "subject", "method", "label", "teacher", "student", "exit", "seeds",
-    "epochs", "train_images", "imported",
+    "epochs", "train_images", "imported", "imported_from",
     *(f"{w}_{k}" for w in WHEN for k in ("mean", "sd", "ci_low", "ci_high", "diff", "inside")),
     "published_top1", "published_epoch", "published_source", "compared_at",
 ]
@@ -60,6 +63,17 @@ def gap_row(values: dict[str, pd.Series], ref: Published) -> dict:
     return row
 
 
+def measurements(g: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``g`` that are independent measurements: every trained run, but an imported
+    checkpoint once however many seeds evaluated it (the same sha256 scores the same)."""
+    imported = g["imported_from"].fillna("") != ""
+    if not imported.any():
+        return g
+    sha = g["checkpoint_sha256"].fillna("") if "checkpoint_sha256" in g else pd.Series("", index=g.index)
+    key = sha.where(imported, "run:" + g["run"].astype(str))
+    return g[~key.duplicated()]
+
+
 def _subject(method: str, label: str, teacher: str, student: str) -> str:
     if method == "teacher":
         return f"{teacher} (teacher)"
@@ -90,6 +104,7 @@ def kd_gaps(runs: pd.DataFrame) -> list[dict]:
             seen.add(key)
             label = entry_label(method, 1)
             imported = g["imported_from"].fillna("")
+            sources = g["imported_source"].fillna("") if "imported_source" in g else imported
             group = teacher if method == "teacher" else pair_id(teacher, student) if taught_here else student
             out.append({
                 "dataset": dataset, "family": "classify", "group": group, "entry": entry,
@@ -97,7 +112,8 @@ def kd_gaps(runs: pd.DataFrame) -> list[dict]:
                 "teacher": teacher if method != "teacher" else "", "student": g["arch"].iloc[0], "exit": "",
                 "epochs": int(g["epochs"].iloc[0]), "train_images": int(g["train_images"].iloc[0]),
                 "imported": bool((imported != "").any()),
-                **gap_row({w: g[f"{w}_top1"] for w in WHEN}, ref)})
+                "imported_from": "; ".join(s for s in sources.unique() if s),
+                **gap_row({w: measurements(g)[f"{w}_top1"] for w in WHEN}, ref)})
     return out
 
 
@@ -117,7 +133,7 @@ def sd_gaps(runs: pd.DataFrame) -> list[dict]:
                 "dataset": dataset, "family": "self_distill", "group": arch, "entry": f"{method}_{name}",
                 "subject": f"{arch} {label}", "method": method, "label": label, "teacher": "", "student": arch,
                 "exit": name, "epochs": int(g["epochs"].iloc[0]), "train_images": int(g["train_images"].iloc[0]),
-                "imported": False, **gap_row({w: g[f"{w}_top1_{name}"] for w in WHEN}, ref)})
+                "imported": False, "imported_from": "", **gap_row({w: g[f"{w}_top1_{name}"] for w in WHEN}, ref)})
     return out
 
 
