@@ -83,3 +83,47 @@ def test_an_architecture_without_an_epoch_time_is_refused_at_config_time(monkeyp
         "labelled as one will do)")
     with pytest.raises(ValueError, match="resnet14"):
         schedule.classify_epoch_s("resnet14")
+
+
+def test_a_multi_exit_run_takes_its_own_method_and_architecture_time():
+    """deep_supervision has its own (estimated) time, not BYOT's; the architecture scales it; width and
+    training images as before. By hand: 200 epochs x 4.6 s x 1.9 (resnet34) x (32/64)^2 x 10,000/50,000."""
+    run = {"family": "self_distill", "method": "deep_supervision", "arch": "resnet34", "width": 32,
+           "train": {"epochs": 200}, "train_subset": 10_000}
+    assert schedule.expected_seconds({}, run) == pytest.approx(200 * 4.6 * 1.9 * 0.25 * 0.2)
+    assert schedule.self_distill_epoch_s("self_distill", "resnet18") == 4.9
+    assert schedule.self_distill_epoch_s("baseline", "resnet50") == pytest.approx(3.6 * 4.65)
+    # between the baseline (CE at the last exit) and BYOT (CE at every exit plus KL and feature terms)
+    assert (schedule.SELF_DISTILL_EPOCH_S["baseline"] < schedule.SELF_DISTILL_EPOCH_S["deep_supervision"]
+            < schedule.SELF_DISTILL_EPOCH_S["self_distill"])
+    # every multi-exit architecture and every multi-exit method has a time
+    from kdpipe.models.multi_exit import MULTI_EXIT_RESNETS
+    assert set(schedule.MULTI_EXIT_FACTOR) == set(MULTI_EXIT_RESNETS)
+    assert set(schedule.SELF_DISTILL_EPOCH_S) == set(plan.SELF_DISTILL_METHODS)
+    with pytest.raises(ValueError, match="'new_method'"):
+        schedule.self_distill_epoch_s("new_method", "resnet18")
+    with pytest.raises(ValueError, match="'resnet101'"):
+        schedule.self_distill_epoch_s("baseline", "resnet101")
+
+
+def test_a_multi_exit_method_or_architecture_without_a_time_is_refused_at_config_time(monkeypatch):
+    from snakemake.utils import update_config
+
+    from kdpipe.config_checks import ConfigError, check_config
+    from kdpipe.config_schema import validate_config
+
+    cfg: dict = {}
+    for f in ("config.yaml", "presets/demo.yaml"):
+        update_config(cfg, yaml.safe_load((ROOT / f).read_text()))
+    validate_config(cfg, ROOT / "workflow" / "schemas" / "config.schema.yaml")
+    check_config(cfg)
+    times = {k: v for k, v in schedule.SELF_DISTILL_EPOCH_S.items() if k != "deep_supervision"}
+    monkeypatch.setattr(schedule, "SELF_DISTILL_EPOCH_S", times)
+    with pytest.raises(ConfigError, match=r"^self_distill: method deep_supervision has no expected epoch time; "
+                                          r"add it to SELF_DISTILL_EPOCH_S in kdpipe.schedule"):
+        check_config(cfg)
+    monkeypatch.undo()
+    monkeypatch.setattr(schedule, "MULTI_EXIT_FACTOR", {"resnet34": 1.9})
+    with pytest.raises(ConfigError, match=r"^self_distill.arch: resnet18 has no expected epoch time; "
+                                          r"add it to MULTI_EXIT_FACTOR in kdpipe.schedule"):
+        check_config(cfg)

@@ -12,7 +12,7 @@ stops the run before any job starts. Kept free of heavy imports: Snakemake impor
 import math
 import re
 
-from kdpipe import architectures, methods, plan
+from kdpipe import architectures, methods, plan, schedule
 from kdpipe.data.sources import CIFAR, SYNTHETIC_NUM_CLASSES
 
 # The schema's $defs/safe_name (a test keeps the two equal): applied here to the names the plan
@@ -208,6 +208,22 @@ def architectures_have_epoch_times(config: dict) -> None:
                     f"eager fp32; an estimate labelled as one will do)")
 
 
+def self_distill_has_epoch_times(config: dict) -> None:
+    """Likewise for the multi-exit runs: each method's time and the architecture's factor are in
+    kdpipe.schedule's tables, never borrowed from another method or architecture."""
+    arch = config["self_distill"]["arch"]
+    if arch not in schedule.MULTI_EXIT_FACTOR:
+        raise ConfigError(
+            f"self_distill.arch: {arch} has no expected epoch time; add it to MULTI_EXIT_FACTOR in kdpipe.schedule "
+            f"(its seconds per epoch relative to the multi-exit ResNet-18; an estimate labelled as one will do)")
+    for method in plan.SELF_DISTILL_METHODS:
+        if method not in schedule.SELF_DISTILL_EPOCH_S:
+            raise ConfigError(
+                f"self_distill: method {method} has no expected epoch time; add it to SELF_DISTILL_EPOCH_S in "
+                f"kdpipe.schedule (seconds per epoch of the multi-exit ResNet-18 at width 64 on one GPU, eager "
+                f"fp32; an estimate labelled as one will do)")
+
+
 def published_teachers_are_provided(config: dict) -> None:
     """Each classify.published_teachers entry names a defined source that provides that architecture."""
     sources = config.get("teacher_sources") or {}
@@ -232,6 +248,7 @@ CHECKS = [
     run_names_are_safe,
     published_teachers_are_provided,
     architectures_have_epoch_times,
+    self_distill_has_epoch_times,
 ]
 
 

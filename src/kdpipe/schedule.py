@@ -9,15 +9,25 @@ and on SLURM (jobs are submitted in priority order), and with one GPU it means a
 Expected times are rough, at the paper's shapes on one GPU: seconds per epoch of 50,000 CIFAR
 images (or 2,975 Cityscapes pairs at 256 x 256) measured on an H200 with the eager fp32 loop
 (issue 11's table), scaled by width, image size and the number of training images. A classifier's
-time is its architecture's ``epoch_s`` (kdpipe.architectures; the config check refuses one without).
-Only their order matters here.
+time is its architecture's ``epoch_s`` (kdpipe.architectures; the config check refuses one without);
+a multi-exit run's its method's time (SELF_DISTILL_EPOCH_S) times its architecture's factor
+(MULTI_EXIT_FACTOR): a method or architecture missing from either is refused, never given another's
+time. Only their order matters here.
 """
 
 from kdpipe import architectures, plan
 
 CIFAR_TRAIN_IMAGES = 50_000
 CITYSCAPES_TRAIN_PAIRS = 2_975
-SELF_DISTILL_EPOCH_S = {"self_distill": 4.9, "baseline": 3.6}  # ResNet-18 at width 64
+# Multi-exit ResNet-18 at width 64. self_distill and baseline measured (issue 11); deep_supervision
+# an ESTIMATE, not measured: CE at every exit, so the exits' backward that baseline skips, without
+# BYOT's KL and feature terms (cheap elementwise work) — between the two, near BYOT.
+SELF_DISTILL_EPOCH_S = {"self_distill": 4.9, "baseline": 3.6, "deep_supervision": 4.6}
+# Seconds per epoch of a multi-exit architecture relative to ResNet-18 (kdpipe.models.multi_exit).
+# resnet34 and resnet50 are ESTIMATES, not measured: the ratio of the whole multi-exit network's
+# multiply-accumulates (all four exits, width 64, 32 x 32; exit_costs) to ResNet-18's, 1.27 G and
+# 3.11 G against 0.67 G; a bottleneck network usually runs slower than its MACs say.
+MULTI_EXIT_FACTOR = {"resnet18": 1.0, "resnet34": 1.9, "resnet50": 4.65}
 AE_EPOCH_S = {"distill": 5.5, "baseline": 4.3}  # 2,975 pairs at 256 x 256, width 32
 TEACHER_TIER = 1_000_000  # a job others wait for beats any job nothing waits for
 
@@ -28,6 +38,16 @@ def classify_epoch_s(arch: str) -> float:
     if seconds is None:  # config_checks.architectures_have_epoch_times refuses such a config first
         raise ValueError(f"architecture {arch!r} has no epoch_s in kdpipe.architectures")
     return seconds
+
+
+def self_distill_epoch_s(method: str, arch: str) -> float:
+    """Seconds per epoch of 50,000 CIFAR images at width 64 for a multi-exit run (eager fp32, H200)."""
+    if method not in SELF_DISTILL_EPOCH_S:  # config_checks.self_distill_has_epoch_times refuses it first
+        raise ValueError(f"self-distillation method {method!r} has no expected epoch time in "
+                         f"kdpipe.schedule.SELF_DISTILL_EPOCH_S")
+    if arch not in MULTI_EXIT_FACTOR:
+        raise ValueError(f"multi-exit architecture {arch!r} has no time factor in kdpipe.schedule.MULTI_EXIT_FACTOR")
+    return SELF_DISTILL_EPOCH_S[method] * MULTI_EXIT_FACTOR[arch]
 
 
 def train_images(config: dict, run: dict) -> int:
@@ -49,7 +69,7 @@ def expected_seconds(config: dict, run: dict) -> float:
             per += classify_epoch_s(run["teacher"]) / 4  # a teacher forward per batch: ~1/5 to 1/3 of its step (issue 11)
         return epochs * per * train_images(config, run) / CIFAR_TRAIN_IMAGES
     if run["family"] == "self_distill":
-        per = SELF_DISTILL_EPOCH_S.get(run["method"], SELF_DISTILL_EPOCH_S["self_distill"])
+        per = self_distill_epoch_s(run["method"], run["arch"])
         return epochs * per * (run["width"] / 64) ** 2 * train_images(config, run) / CIFAR_TRAIN_IMAGES
     size = plan.ae_data(config)["size"]
     per = AE_EPOCH_S["distill" if run["variant"]["pairs"] else "baseline"]
