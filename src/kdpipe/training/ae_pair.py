@@ -17,21 +17,34 @@ from kdpipe.models.autoencoder import AutoEncoderPair, build_pair, to_signed, to
 from kdpipe.training.accel import full_precision
 
 
+CHUNK = 2**20  # pixels counted at a time: bounds the index and, on CUDA, index_put_'s sort buffers
+
+
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int) -> torch.Tensor:
     """``num_classes`` x ``num_classes`` pixel counts, rows the true class, columns the predicted.
 
     Pixels whose target is ``ignore_index`` (or any id outside the classes) go to one extra bin,
     dropped at the end: no boolean-mask indexing, so no host sync and no data-dependent shape.
-    One int64 index per pixel is the only large intermediate; ``bincount`` without weights is
-    deterministic on CUDA too (torch.use_deterministic_algorithms lists only its weighted form).
-    Predictions must be ids in ``[0, num_classes)``.
+    Counted by accumulating ones into a preallocated vector (``index_put_``, deterministic on CPU
+    and CUDA), not ``bincount``, whose CUDA kernel reads the input's min and max on the host.
+    The pixels go ``CHUNK`` at a time through one reused int64 index buffer, so the extra memory
+    is about classes² + CHUNK elements whatever the batch. Predictions must be ids in
+    ``[0, num_classes)``.
     """
     c = num_classes
-    target = target.reshape(-1)
-    index = target.to(torch.long, copy=True)  # the one pixel-sized buffer; the argument is never written
-    index.mul_(c).add_(pred.reshape(-1))
-    index.masked_fill_((target < 0) | (target >= c), c * c)
-    return torch.bincount(index, minlength=c * c + 1)[: c * c].view(c, c)
+    target, pred = target.reshape(-1), pred.reshape(-1)
+    n = target.numel()
+    counts = torch.zeros(c * c + 1, dtype=torch.long, device=target.device)
+    buffer = torch.empty(min(n, CHUNK), dtype=torch.long, device=target.device)
+    one = torch.ones(1, dtype=torch.long, device=target.device)
+    for start in range(0, n, CHUNK):
+        t, p = target[start : start + CHUNK], pred[start : start + CHUNK]
+        index = buffer[: t.numel()]
+        index.copy_(t)  # the arguments are never written
+        index.mul_(c).add_(p)
+        index.masked_fill_((t < 0) | (t >= c), c * c)
+        counts.index_put_((index,), one.expand_as(index), accumulate=True)
+    return counts[: c * c].view(c, c)
 
 
 def segmentation_scores(confusion: torch.Tensor) -> dict[str, float]:
