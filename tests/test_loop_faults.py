@@ -233,7 +233,7 @@ def test_next_writer_removes_a_killed_writers_temp_files(tmp_path):
             path.write_bytes(b"x")
         victim = tmp_path / "victim.txt"
         victim.write_text("precious")
-        link = tmp_path / f".model.pt.tmp-{dead + 1000000}"  # no such pid; a symlink is never followed or removed
+        link = tmp_path / f".model.pt.tmp-{dead + 1000000}"  # no such pid; its symlink is removed, never followed
         link.symlink_to(victim)
         folder = tmp_path / f".model.pt.tmp-{dead + 1000001}"
         folder.mkdir()
@@ -243,10 +243,10 @@ def test_next_writer_removes_a_killed_writers_temp_files(tmp_path):
         live.wait()
     assert not stale.exists()
     assert all(path.exists() for path in kept.values())
-    assert link.is_symlink() and victim.read_text() == "precious" and folder.is_dir()
+    assert not link.is_symlink() and victim.read_text() == "precious" and folder.is_dir()
     assert torch.equal(torch.load(target, weights_only=True)["w"], torch.ones(2))
     assert sorted(p.name for p in tmp_path.iterdir() if ".tmp-" in p.name) == sorted(
-        [p.name for p in kept.values()] + [link.name, folder.name])
+        [p.name for p in kept.values()] + [folder.name])
 
 
 def test_a_pid_we_may_not_signal_is_alive(tmp_path, monkeypatch):
@@ -267,6 +267,11 @@ def test_a_pid_we_may_not_signal_is_alive(tmp_path, monkeypatch):
 
 def test_temp_names_are_unique_per_process(tmp_path):
     assert io._tmp_beside(tmp_path / "report.pdf").name == f".report.pdf.tmp-{os.getpid()}"
+
+
+def _fd_name(fh) -> str:
+    """The name of the file an open handle writes, as the kernel knows it (Linux)."""
+    return os.readlink(f"/proc/self/fd/{fh.fileno()}")
 
 
 def _report_inputs(tables: Path) -> None:
@@ -291,7 +296,7 @@ def test_report_writes_through_its_own_temp_name(tmp_path, monkeypatch):
     stale = out.with_name(f".report.pdf.tmp-{dead_pid()}")
     stale.write_bytes(b"a killed build's half report")
     opened = []
-    monkeypatch.setattr(build, "PdfPages", lambda path, **kw: opened.append(Path(path)) or PdfPages(path, **kw))
+    monkeypatch.setattr(build, "PdfPages", lambda fh, **kw: opened.append(Path(_fd_name(fh))) or PdfPages(fh, **kw))
     for section in ("kd_section", "self_distill_section", "autoencoder_section", "reproduction_section", "jobs_appendix"):
         monkeypatch.setattr(build, section, lambda *a: None)  # the sections have their own tests
     build.build_report(out=out, name="tiny", tables_dir=tmp_path / "tables", figures_dir=tmp_path)
@@ -335,11 +340,12 @@ class FullAfter:
 
 
 def _disk_full_open(monkeypatch, limit):
+    """Writes to a temp file (opened by name or, as kdpipe.io does, on its descriptor) fill the disk."""
     real_open = open
 
     def fake_open(path, mode="r", *a, **kw):
         fh = real_open(path, mode, *a, **kw)
-        return FullAfter(fh, limit) if "w" in mode and ".tmp-" in str(path) else fh
+        return FullAfter(fh, limit) if "w" in mode and ".tmp-" in _fd_name(fh) else fh
 
     monkeypatch.setattr("builtins.open", fake_open)
 
@@ -385,15 +391,7 @@ def test_torch_writer_failure_without_an_oserror_is_reported_too(tmp_path, monke
 def test_full_disk_writing_text_and_cli_line(tmp_path, monkeypatch, capsys):
     target = tmp_path / "metrics.json"
     target.write_text("{}\n")
-    real_write_text = Path.write_text
-
-    def write_text(self, *a, **kw):
-        if ".tmp-" in self.name:
-            real_write_text(self, "{\"half")
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real_write_text(self, *a, **kw)
-
-    monkeypatch.setattr(Path, "write_text", write_text)
+    _disk_full_open(monkeypatch, limit=5)  # any write past 5 characters finds the disk full
     with pytest.raises(DiskFullError, match="metrics.json: no space left on device"):
         io.write_json({"a": 1}, target)
     assert target.read_text() == "{}\n" and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]

@@ -11,7 +11,7 @@ import pandas as pd
 from matplotlib.backends.backend_pdf import PdfPages
 
 from kdpipe import methods
-from kdpipe.io import atomic_path
+from kdpipe.io import atomic_file
 from kdpipe.report.autoencoder import autoencoder_section
 from kdpipe.report.jobs import jobs_appendix
 from kdpipe.report.kd import kd_section
@@ -74,8 +74,10 @@ def build_report(*, out, name: str, tables_dir, figures_dir) -> None:
     runs = pd.concat([pd.read_csv(tables_dir / f) for f in ("kd_runs.csv", "self_distill_runs.csv", "autoencoder_runs.csv")])
     jobs = pd.read_csv(tables_dir / "jobs.csv")
     reproduction = pd.read_csv(tables_dir / "reproduction.csv")
-    # A temp name of this process's own (two builds never share one), renamed over the report at the end.
-    with atomic_path(out) as tmp, PdfPages(tmp, metadata={"Title": f"kdpipe report: {name}", "Creator": "kdpipe"}) as pdf:
+    # A temp file of this process's own (two builds never share one), written through the handle
+    # kdpipe created (never reopened by name: a link planted there is not followed), renamed over the
+    # report at the end.
+    with atomic_file(out, "wb") as fh, PdfPages(fh, metadata={"Title": f"kdpipe report: {name}", "Creator": "kdpipe"}) as pdf:
         title_page(pdf, name, runs, jobs)
         kd_section(pdf, kd_summary, figures_dir)
         self_distill_section(pdf, sd_summary, figures_dir)
