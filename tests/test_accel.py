@@ -15,13 +15,14 @@ import pytest
 import torch
 import yaml
 from kdpipe.config_schema import validate_config as validate  # the YAML schema plus the method registry's part
+from kdpipe.errors import InputError
 
 from kdpipe import plan
 from kdpipe.models import build_model
 from kdpipe.training import accel
 from kdpipe.training.classify import Classifier
-from kdpipe.training.graphs import (EagerStep, GraphedStep, SimulatedGraphs, batch_plan, batch_shapes, restore,
-                                    signature, snapshot)
+from kdpipe.training.graphs import (EagerStep, GraphedStep, GraphsRequiredError, SimulatedGraphs, batch_plan,
+                                    batch_shapes, restore, signature, snapshot)
 from kdpipe.training.loop import Recipe, fit
 from kdpipe.training.settings import requested_settings, run_train_block
 
@@ -54,8 +55,10 @@ def test_resolve_per_device():
     assert accel.resolve({"cuda_graphs": "off", "precision": "fp32"}, torch.device("cuda")).as_metrics() == {
         "precision": "fp32", "cuda_graphs": False, "deterministic": True}
     assert accel.resolve({"precision": "bf16"}, CPU).precision == "bf16"  # CPU autocast: allowed
-    with pytest.raises(ValueError, match="cuda_graphs: on needs a CUDA device"):
+    with pytest.raises(GraphsRequiredError) as caught:  # a kdpipe InputError: the CLI prints one line
         accel.resolve({"cuda_graphs": "on"}, CPU)
+    assert str(caught.value) == ("train.cuda_graphs: on, but CUDA graphs need a CUDA device and this job runs on "
+                                 "cpu; set train.cuda_graphs: auto (eager fallback) or off")
 
 
 def _config(overlay: dict | None = None) -> dict:
@@ -265,7 +268,7 @@ def test_float32_outputs_hook_is_removed_after_the_run(tmp_path):
 
 
 def test_graphs_on_for_a_cpu_job_stops_it(tmp_path):
-    with pytest.raises(ValueError, match="needs a CUDA device"):
+    with pytest.raises(GraphsRequiredError, match="need a CUDA device"):
         train(tmp_path, classifier(), RECIPE, {"cuda_graphs": "on"}, name="on")
 
 
@@ -363,8 +366,13 @@ def test_auto_falls_back_to_eager_when_a_capture_fails_and_on_raises(tmp_path, m
     opt = Recipe.from_dict(RECIPE).make_optimizer(fam.model.parameters())
     on = GraphedStep(fam, opt, backend=FailingBackend(), fall_back=False)
     on.set_lr(0.05)
-    with pytest.raises(RuntimeError, match="capture refused"):
+    with pytest.raises(GraphsRequiredError) as caught:  # a kdpipe InputError, so the CLI prints one line
         on(next(iter(fam.train_batches(torch.Generator().manual_seed(0)))))
+    assert isinstance(caught.value, InputError)
+    assert str(caught.value).startswith("train.cuda_graphs: on, but the CUDA graph capture failed (RuntimeError: "
+                                        "capture refused (at ")  # the cause, where it was raised
+    assert str(caught.value).endswith("; set train.cuda_graphs: auto (eager fallback) or off")
+    assert str(caught.value).count("\n") == 0
 
     eager = train(tmp_path, classifier(), RECIPE, name="eager")
     import kdpipe.training.loop as loop
@@ -375,6 +383,47 @@ def test_auto_falls_back_to_eager_when_a_capture_fails_and_on_raises(tmp_path, m
     assert_same(eager, fell_back)
     assert fell_back[1].settings["cuda_graphs"] is False
     assert "capture refused" in fell_back[1].settings["cuda_graphs_error"]
+
+
+def _cli_run(tmp_path, cuda_graphs: str) -> list[str]:
+    """``kdpipe train`` arguments for a 1-epoch resnet8 run on 8 random 32 x 32 images, on the CPU."""
+    import json
+
+    from kdpipe.data.prepared import save_split
+
+    x, y = tiny_data(n=8, size=32)
+    for split in ("train", "test"):
+        save_split(tmp_path / f"{split}.pt", x, y, [str(i) for i in range(10)])
+    run = next(r for (family, _), r in plan.training_runs(_config()).items()
+               if family == "classify" and r["method"] == "alone")
+    run = {**run, "arch": "resnet8", "device": "cpu", "augment": False, "run": "graphs-on",
+           "train": {**run["train"], "epochs": 1, "batch_size": 4, "lr_milestones": [], "cuda_graphs": cuda_graphs}}
+    out = tmp_path / "run"
+    return ["train", "--run-config", json.dumps(run), "--train", str(tmp_path / "train.pt"),
+            "--test", str(tmp_path / "test.pt"), "--model", str(out / "model.pt"), "--metrics",
+            str(out / "metrics.json"), "--history", str(out / "history.csv"), "--resume", str(out / "resume.pt")]
+
+
+def test_kdpipe_train_with_graphs_on_stops_on_one_line(tmp_path, capsys, monkeypatch):
+    """cuda_graphs: on that cannot be honoured (a CPU job; a capture that fails) ends `kdpipe train`
+    with one `kdpipe:` line naming the cause and the setting, not a traceback."""
+    from kdpipe import cli
+
+    assert cli.main(_cli_run(tmp_path, "on")) == 1
+    assert capsys.readouterr().err == ("kdpipe: train.cuda_graphs: on, but CUDA graphs need a CUDA device and this "
+                                       "job runs on cpu; set train.cuda_graphs: auto (eager fallback) or off\n")
+
+    import kdpipe.training.loop as loop
+
+    monkeypatch.setattr(loop, "make_step", lambda family, optimizer, acc, device, autocast, backend=None:
+                        GraphedStep(family, optimizer, autocast, backend=FailingBackend(), fall_back=False))
+    assert cli.main(_cli_run(tmp_path, "off")) == 1  # off resolves on the CPU; the backend stands in for on
+    err = capsys.readouterr().err
+    line = err.split("\r")[-1]  # after the epoch's progress bar, which redraws its line with \r
+    assert "Traceback" not in err and err.count("\n") == 1, err
+    assert line.startswith("kdpipe: train.cuda_graphs: on, but the CUDA graph capture failed (RuntimeError: "
+                           "capture refused (at kdpipe/training/graphs.py:")
+    assert line.endswith("; set train.cuda_graphs: auto (eager fallback) or off\n"), line
 
 
 # --- a failed capture leaves the process clean (issue 15 item 2) --------------------------------

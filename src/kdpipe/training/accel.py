@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from kdpipe.training.graphs import graphs_required  # graphs imports nothing from here
 from kdpipe.training.settings import DEFAULTS, GRAPHS, KEYS, PRECISIONS, requested_settings  # noqa: F401
 
 # cuBLAS needs a fixed workspace to be deterministic; either value works (CUDA docs, torch's
@@ -50,14 +51,14 @@ def resolve(train_cfg: dict | None, device: torch.device) -> Accel:
     """What this job does on ``device``.
 
     ``cuda_graphs: on`` on a CPU is an error (the user asked for something this job cannot do;
-    it would otherwise silently run a different, slower path). ``precision: bf16`` on the CPU is
-    allowed: it runs under CPU autocast (slow on most CPUs; useful to test the bf16 path).
+    it would otherwise silently run a different, slower path), a kdpipe InputError naming the key.
+    ``precision: bf16`` on the CPU is allowed: it runs under CPU autocast (slow on most CPUs;
+    useful to test the bf16 path).
     """
     s = requested_settings(train_cfg)
     cuda = torch.device(device).type == "cuda"
     if s["cuda_graphs"] == "on" and not cuda:
-        raise ValueError(f"train.cuda_graphs: on needs a CUDA device, but this job runs on {device}; "
-                         "use auto (graphs on CUDA only) or off")
+        raise graphs_required(f"CUDA graphs need a CUDA device and this job runs on {device}")
     graphs = cuda if s["cuda_graphs"] == "auto" else s["cuda_graphs"] == "on"
     precision = ("bf16" if cuda else "fp32") if s["precision"] == "auto" else s["precision"]
     return Accel(cuda_graphs=graphs, precision=precision, deterministic=s["deterministic"],

@@ -47,6 +47,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from kdpipe.errors import InputError
+
 _PACKAGE = str(Path(__file__).resolve().parents[1])  # src/kdpipe: where a failure's location is looked for
 
 
@@ -106,6 +108,16 @@ class EagerStep:
 
 class CaptureFailed(RuntimeError):
     """A capture that did not finish; its message is the first cause (``describe``)."""
+
+
+class GraphsRequiredError(InputError):
+    """``train.cuda_graphs: on`` and this job's step could not be captured (or on a device without
+    CUDA): one ``kdpipe:`` line naming the cause and the setting to change, not a traceback."""
+
+
+def graphs_required(cause: str) -> GraphsRequiredError:
+    return GraphsRequiredError(f"train.cuda_graphs: on, but {cause}; "
+                               "set train.cuda_graphs: auto (eager fallback) or off")
 
 
 def describe(err: BaseException) -> str:
@@ -378,10 +390,11 @@ class GraphedStep:
             try:
                 entry = self.entries[key] = self._capture(batch)
             except Exception as err:
-                if not self.fall_back:
-                    raise
                 # The warm-up's and the capture's changes were undone (restore): no number changes.
-                self.failed = str(err) if isinstance(err, CaptureFailed) else describe(err)
+                cause = str(err) if isinstance(err, CaptureFailed) else describe(err)
+                if not self.fall_back:  # cuda_graphs: on
+                    raise graphs_required(f"the CUDA graph capture failed ({cause})") from err
+                self.failed = cause
                 self.entries.clear()
             if self.failed:  # outside the except: its traceback, and what it held, are gone
                 getattr(self.backend, "after_failure", lambda: None)()
