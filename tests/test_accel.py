@@ -501,7 +501,7 @@ class FakeCuda:
     """Just enough of torch.cuda for CudaGraphs on a machine without a GPU: streams, a graph whose
     capture_end fails like an invalidated capture's, and the allocator's pool calls, all recorded."""
 
-    def __init__(self, monkeypatch, end_fails=True):
+    def __init__(self, monkeypatch, end_fails=True, pool_calls=("_cuda_endAllocateToPool", "_cuda_releasePool")):
         import torch._C
 
         self.calls, self.mode = [], 0
@@ -551,8 +551,11 @@ class FakeCuda:
                             "graph_pool_handle": lambda: (0, 7), "current_device": lambda: 0,
                             "get_sync_debug_mode": lambda: self.mode, "set_sync_debug_mode": set_mode}.items():
             monkeypatch.setattr(torch.cuda, name, value)
-        monkeypatch.setattr(torch._C, "_cuda_endAllocateToPool", record("endAllocateToPool"), raising=False)
-        monkeypatch.setattr(torch._C, "_cuda_releasePool", record("releasePool"), raising=False)
+        for name in ("_cuda_endAllocateToPool", "_cuda_releasePool"):  # private: a build may lack them
+            if name in pool_calls:
+                monkeypatch.setattr(torch._C, name, record(name.removeprefix("_cuda_")), raising=False)
+            else:
+                monkeypatch.delattr(torch._C, name, raising=False)
         from kdpipe.training.graphs import CudaGraphs
 
         self.backend = CudaGraphs(torch.device("cuda", 0))
@@ -576,6 +579,25 @@ def test_cuda_backend_failed_capture_reports_the_first_cause_and_cleans_up(monke
     assert cuda.calls == [("capture_begin", (0, 7)), ("capture_end", True),  # ended on the capture stream
                           ("endAllocateToPool", 0, (0, 7)), ("releasePool", 0, (0, 7)), ("graph.reset",)]
     assert len(resets) == 2  # gradients dropped before the capture and after it failed
+
+
+@pytest.mark.parametrize("present", [(), ("_cuda_endAllocateToPool",)])
+def test_a_torch_without_the_private_pool_calls_still_reports_the_first_cause(monkeypatch, present):
+    """torch._C's allocator-pool functions are private; where a build lacks one, the cleanup skips
+    it and the failed capture still names its first cause, not an AttributeError."""
+    from kdpipe.training.graphs import CaptureFailed
+
+    cuda = FakeCuda(monkeypatch, pool_calls=present)
+
+    def body():
+        raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+
+    with pytest.raises(CaptureFailed) as caught:
+        cuda.backend.capture(body, reset=lambda: None)
+    assert str(caught.value).startswith("RuntimeError: CUDA error: operation not permitted when stream is capturing")
+    assert cuda.current is cuda.main
+    ended = [("endAllocateToPool", 0, (0, 7))] if present else []  # no release without its end call
+    assert cuda.calls == [("capture_begin", (0, 7)), ("capture_end", True), *ended, ("graph.reset",)]
 
 
 def test_cuda_backend_successful_capture_and_warmup_sync_mode(monkeypatch):

@@ -139,14 +139,22 @@ def _end_pool(device_index: int, pool) -> None:
     ``CUDAGraph.capture_end`` raises on a failed capture before it does this itself (torch 2.11 and
     2.14 alike), which would leave the allocator routing this stream's allocations to a dead pool.
     An error from the first call means capture_end (or a failed capture_begin) already ended it.
+    Both functions are private: a torch build without one skips that call (and a release without
+    its end), so the capture's real cause, not an AttributeError, is what gets reported.
     """
-    try:
-        torch._C._cuda_endAllocateToPool(device_index, pool)
-    except RuntimeError:
+    end = getattr(torch._C, "_cuda_endAllocateToPool", None)
+    release = getattr(torch._C, "_cuda_releasePool", None)
+    if end is None:
         return
     try:
-        torch._C._cuda_releasePool(device_index, pool)
-    except RuntimeError:
+        end(device_index, pool)
+    except (RuntimeError, AttributeError):
+        return
+    if release is None:
+        return
+    try:
+        release(device_index, pool)
+    except (RuntimeError, AttributeError):
         pass
 
 
