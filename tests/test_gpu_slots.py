@@ -192,3 +192,31 @@ def test_snakemake_refuses_a_bad_jobs_per_gpu_when_the_workflow_loads(tmp_path):
     assert ("Error in the environment: KDPIPE_JOBS_PER_GPU must be a whole number >= 1 (jobs that share one GPU), "
             "got '1.5'") in proc.stdout, proc.stdout[-3000:]
     assert "Traceback" not in proc.stdout and "Job stats" not in proc.stdout  # refused before planning any job
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_only_the_shared_default_lock_directory_is_made_1777(tmp_path, monkeypatch, umask):
+    """The default, under the system temp directory, is every GPU user's (1777, like /tmp, whatever
+    the umask); a directory named by KDPIPE_GPU_LOCK_DIR (a new folder in one's home) stays the
+    user's own: 0755 less the umask, never open to files planted by others."""
+    import stat
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "systmp"))  # where gettempdir() points
+    (tmp_path / "systmp").mkdir()
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    monkeypatch.delenv(devices.LOCK_DIR_ENV, raising=False)
+    old = os.umask(umask)
+    try:
+        with claim_slot(["0"], 1):
+            pass
+        named = tmp_path / "home" / "me" / "gpu-locks"
+        monkeypatch.setenv(devices.LOCK_DIR_ENV, str(named))
+        with claim_slot(["0"], 1):
+            pass
+    finally:
+        os.umask(old)
+    shared = tmp_path / "systmp" / "kdpipe-gpu-locks"
+    assert stat.S_IMODE(os.stat(shared).st_mode) == 0o1777
+    assert stat.S_IMODE(os.stat(named).st_mode) == 0o755 & ~umask
+    assert os.listdir(shared) == ["gpu-0.lock"] and os.listdir(named) == ["gpu-0.lock"]

@@ -232,12 +232,16 @@ def test_another_users_lock_file_still_locks(shared_tmp, monkeypatch, protected_
         assert (now.st_uid, now.st_mode, now.st_size, now.st_mtime_ns) == (st.st_uid, st.st_mode, 0, st.st_mtime_ns)
 
 
-def test_a_lock_file_kdpipe_made_is_shared_with_other_users(shared_tmp):
-    """Made by root's job with a private umask, it is still 0644: nobody's job can open and lock it."""
-    locks = shared_tmp / "locks"
+def test_a_lock_file_kdpipe_made_is_shared_with_other_users(shared_tmp, monkeypatch):
+    """Made by root's job with a private umask in the shared default directory, it is still 0644:
+    nobody's job can open and lock it."""
+    monkeypatch.setattr(tempfile, "tempdir", str(shared_tmp))  # the system temp directory, as /tmp
+    monkeypatch.delenv(LOCK_DIR_ENV, raising=False)
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    locks = shared_tmp / "kdpipe-gpu-locks"
     old = os.umask(0o077)
     try:
-        with claim_slot(["0"], 1, locks):
+        with claim_slot(["0"], 1):
             pass
     finally:
         os.umask(old)

@@ -16,8 +16,9 @@ than its slots, never one slot twice.
 
 The lock directory is shared by whoever shares the GPUs, so it is treated as hostile ground
 (``/tmp`` on a workstation): it must be a real directory, and sticky when it belongs to another
-user or others may write it (the first user's job makes it mode 1777, like ``/tmp``, so every
-user of the GPUs shares it); lock files are opened without following symlinks, and a file that
+user or others may write it (the first user's job makes the default one mode 1777, like ``/tmp``,
+so every user of the GPUs shares it; one named by ``KDPIPE_GPU_LOCK_DIR`` is made 0755 less the
+umask, the user's own); lock files are opened without following symlinks, and a file that
 kdpipe did not just create is only opened read-only and locked, never written, truncated or
 chmod-ed. Lock files stay empty: who holds one is the kernel's record (``/proc/locks``), not a
 pid written into a file that someone else may have planted.
@@ -72,12 +73,18 @@ class Placement:
     slots: int = 1  # how many jobs the GPU takes at once (KDPIPE_JOBS_PER_GPU)
 
 
-def default_lock_dir() -> Path:
-    """Per SLURM allocation when inside one (its GPU ids are its own), else one per machine."""
-    if os.environ.get(LOCK_DIR_ENV):
-        return Path(os.environ[LOCK_DIR_ENV])
+def shared_lock_dir() -> Path:
+    """The lock directory every user of the machine shares when none is named: under the system temp
+    directory, per SLURM allocation when inside one (its GPU ids are its own), else one per machine."""
     job = os.environ.get("SLURM_JOB_ID")
     return Path(tempfile.gettempdir()) / (f"kdpipe-gpu-locks-slurm{job}" if job else "kdpipe-gpu-locks")
+
+
+def default_lock_dir() -> Path:
+    """``KDPIPE_GPU_LOCK_DIR`` when set, else the shared one."""
+    if os.environ.get(LOCK_DIR_ENV):
+        return Path(os.environ[LOCK_DIR_ENV])
+    return shared_lock_dir()
 
 
 def _ids(raw: str) -> list[str]:
@@ -183,8 +190,13 @@ def _check_dir(path: Path, st: os.stat_result) -> None:
 
 def _make_dir(path: Path) -> bool:
     """Create the lock directory if it is missing; True if this call made it."""
-    # Shared by every user of the GPUs, like /tmp: sticky, so nobody replaces another's lock file.
-    mode = 0o1777
+    # The shared default is every GPU user's, like /tmp: 1777, sticky so nobody replaces another's
+    # lock file. A directory the user named (KDPIPE_GPU_LOCK_DIR, a lock_dir argument) may be a new
+    # folder in their home: never opened to planted files. 0755 less the umask, not 0700, so users
+    # who share it deliberately can still open and lock the lock files its owner made (read-only
+    # opens); to let them add lock files too, its owner makes it 1777 by hand.
+    shared = path == shared_lock_dir()
+    mode = 0o1777 if shared else 0o755
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         os.mkdir(path, mode)
@@ -200,7 +212,7 @@ def _make_dir(path: Path) -> bool:
         raise _refuse_dir(path, f"changed while it was being created ({err.strerror})") from None
     try:
         st = os.fstat(fd)
-        if st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) != mode:
+        if shared and st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) != mode:
             os.fchmod(fd, mode)
     finally:
         os.close(fd)
