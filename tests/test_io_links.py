@@ -94,19 +94,6 @@ def test_the_report_does_not_write_through_a_link_at_its_temp_name(tmp_path, vic
     assert out.read_bytes().startswith(b"%PDF")
 
 
-def test_atomic_path_hands_out_a_fresh_file_of_its_own(tmp_path, victim):
-    """For a writer that takes only a name: the name is a new, empty regular file, not the planted link."""
-    out = tmp_path / "run" / "figure.png"
-    plant_at_temp(out, victim)
-    with io.atomic_path(out) as tmp:
-        st = os.lstat(tmp)
-        assert stat.S_ISREG(st.st_mode) and st.st_size == 0 and st.st_uid == os.geteuid()
-        tmp.write_bytes(b"png")
-    untouched(victim)
-    regular(out)
-    assert out.read_bytes() == b"png"
-
-
 def test_a_link_at_the_output_itself_is_replaced_not_written_through(tmp_path, victim):
     out = tmp_path / "run" / "model.pt"
     out.parent.mkdir()
@@ -141,3 +128,28 @@ def test_a_directory_at_the_temp_name_is_refused_on_one_line(tmp_path):
                                          "and rerun$"):
         io.atomic_write_text("x", out)
     assert (folder / "inside").is_dir() and not out.exists()
+
+
+def test_a_figure_is_written_through_its_own_file_not_a_planted_link(tmp_path, victim):
+    """Figures go through kdpipe.io too: a link at the temp name or at the PNG itself is never followed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from kdpipe.figures import save_png
+
+    out = tmp_path / "figures" / "kd-accuracy.png"
+    plant_at_temp(out, victim)
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [0, 1])
+    save_png(fig, out, dpi=20)
+    untouched(victim)
+    regular(out)
+    assert out.read_bytes().startswith(b"\x89PNG")
+    out.unlink()
+    out.symlink_to(victim)
+    save_png(fig, out, dpi=20)
+    plt.close(fig)
+    untouched(victim)
+    regular(out)

@@ -163,16 +163,6 @@ def atomic_file(path: str | os.PathLike, mode: str = "wb"):
             os.fsync(fh.fileno())
 
 
-@contextmanager
-def atomic_path(path: str | os.PathLike):
-    """Yield the name of a fresh, empty temp file beside ``path`` for a writer that only takes a name;
-    on success it replaces ``path``, on failure it goes. Prefer atomic_file: a name can be swapped
-    for a link between its creation and the writer's open (by someone who may write to the folder)."""
-    with _replacing(path) as (tmp, fd):
-        os.close(fd)
-        yield tmp
-
-
 def atomic_save(obj, path: str | os.PathLike) -> None:
     """torch.save to a temporary file beside ``path``, fsync, then rename over it."""
     import torch  # here, not at the top: tables and figures use this module without torch

@@ -28,6 +28,7 @@ from pathlib import Path
 from torchvision.datasets.utils import calculate_md5, download_url
 
 from kdpipe.errors import ArchiveError
+from kdpipe.io import atomic_write_text
 
 # What a damaged or truncated archive raises while it is read (besides ArchiveError).
 _UNREADABLE = (EOFError, tarfile.TarError, zipfile.BadZipFile, zlib.error, gzip.BadGzipFile, lzma.LZMAError)
@@ -102,8 +103,7 @@ def verify(path: str | os.PathLike, *, md5: str | None = None, sha256: str | Non
                 what = describe(path) or "damaged or incomplete (a download that stopped early?)"
                 verb = "did not return" if source != str(path) else "is not"
                 raise ArchiveError(f"{source} {verb} an archive ({what}); nothing was recorded")
-            Path(record_sha256).parent.mkdir(parents=True, exist_ok=True)
-            Path(record_sha256).write_text(actual + "\n")
+            atomic_write_text(actual + "\n", record_sha256)
 
 
 def _is_archive(path: Path) -> bool:

@@ -12,6 +12,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from kdpipe.data.prepared import load_split  # noqa: E402
 from kdpipe.models.autoencoder import build_pair, to_signed, to_uint8  # noqa: E402
+from kdpipe.figures import save_png  # noqa: E402
 
 DIRECTIONS = {"x2y": "photo X → label map Y", "y2x": "label map Y → photo X"}
 
@@ -42,7 +43,7 @@ def picture_grid(predicted, photos, labels, title: str, path) -> None:
                 ax.set_title(name, fontsize=9)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_png(fig, path, dpi=120)
     plt.close(fig)
 
 
@@ -66,7 +67,7 @@ def loss_curves(runs: pd.DataFrame, histories: dict[str, pd.DataFrame], path) ->
     axes[0][0].set_ylabel("training loss term (log scale)")
     fig.suptitle("loss terms during training (mean over seeds)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
+    save_png(fig, path, dpi=130)
     plt.close(fig)
 
 

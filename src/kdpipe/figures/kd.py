@@ -11,6 +11,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from kdpipe import methods  # noqa: E402
 from kdpipe.tables.kd import entry_label, pair_members  # noqa: E402
+from kdpipe.figures import save_png  # noqa: E402
 
 
 def kd_accuracy_bars(summary: pd.DataFrame, path) -> None:
@@ -40,7 +41,7 @@ def kd_accuracy_bars(summary: pd.DataFrame, path) -> None:
     ax.legend(loc="lower right", fontsize=7)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=150)
+    save_png(fig, path, dpi=150)
     plt.close(fig)
 
 
@@ -70,7 +71,7 @@ def kd_curves(members: dict[str, pd.DataFrame], histories: dict[str, pd.DataFram
         ax.legend(fontsize=6, loc="lower right")
     fig.suptitle("test accuracy during training (mean ± std over seeds)", fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=150)
+    save_png(fig, path, dpi=150)
     plt.close(fig)
 
 

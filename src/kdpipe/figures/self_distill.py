@@ -11,6 +11,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from kdpipe.plan import METHOD_LABELS  # noqa: E402
 from kdpipe.tables.self_distill import trained_exits  # noqa: E402
+from kdpipe.figures import save_png  # noqa: E402
 
 DEEP_COLOUR = "#969696"  # deep supervision, the control: grey, like the baseline
 EXIT_COLOURS = {"exit1": "#9ecae1", "exit2": "#4292c6", "exit3": "#2171b5", "exit4": "#08306b", "ensemble": "#d62728"}
@@ -46,7 +47,7 @@ def cost_plot(summary: pd.DataFrame, path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=150)
+    save_png(fig, path, dpi=150)
     plt.close(fig)
 
 
@@ -74,7 +75,7 @@ def curves(runs: pd.DataFrame, histories: dict[str, pd.DataFrame], path) -> None
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=150)
+    save_png(fig, path, dpi=150)
     plt.close(fig)
 
 
