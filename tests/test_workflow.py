@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kdpipe import methods
+from kdpipe import methods, plan
 from workflow_copy import ROOT, copy_workflow, planned_jobs, snakemake
 
 
@@ -39,7 +39,7 @@ def test_paper_dag_lists_offline(tmp_path):
     listed = [methods.get(m) for m in config["classify"]["methods"]]
     untaught = sum(not m.needs_teacher for m in listed)  # alone, mutual learning: once per student arch
     classify_models = seeds * (len(teachers) + untaught * len(students) + (len(listed) - untaught) * len(pairs))
-    self_distill_models = 2 * len(config["self_distill"]["seeds"])
+    self_distill_models = len(plan.SELF_DISTILL_METHODS) * len(config["self_distill"]["seeds"])  # BYOT, baseline, deep supervision
     ae_models = len(config["autoencoder"]["variants"]) * len(config["autoencoder"]["seeds"])
     assert planned_jobs(proc.stdout) == {
         "download_cifar": 1,

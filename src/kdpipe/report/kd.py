@@ -148,8 +148,10 @@ def teacher_setup(teacher: pd.DataFrame) -> str:
     """How the teachers came about: trained here, or imported (their top-1 is still measured here)."""
     if teacher.empty:
         return ""
-    sources = [s for s in teacher.get("imported_from", pd.Series(dtype=str)).fillna("").unique() if s]
-    trained = teacher[teacher.get("imported_from", pd.Series("", index=teacher.index)).fillna("") == ""]
+    # A column read back from CSV with no imported teacher is all NaN (float): compare as text.
+    imported = teacher.get("imported_from", pd.Series("", index=teacher.index)).astype(object).fillna("")
+    sources = [s for s in imported.unique() if s]
+    trained = teacher[imported == ""]
     out = (f"Teachers trained on {int(trained['train_images'].iloc[0]):,} images for "
            f"{int(trained['epochs'].iloc[0])} epochs. " if not trained.empty else "")
     if sources:
