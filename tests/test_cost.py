@@ -80,7 +80,9 @@ def kd_metrics_file(tmp_path, run, method, arch, seed, top1, *, teacher="", clai
          "train_images": 100, "params": 10, "wall_time_s": seconds, "device_claimed_at": claimed,
          "finished_at": claimed + seconds}
     if imported:
-        m.update(imported=True, source={"url": "https://example.org/t.tar"})
+        m.update(imported=True, source={"name": "mdistiller", "url": "https://example.org/t.tar",
+                                        "member": "cifar_teachers/resnet14_vanilla/ckpt_epoch_240.pth"},
+                 checkpoint_sha256="0" * 64)
     path = tmp_path / f"{run}.json"
     path.write_text(json.dumps(m))
     return path
