@@ -125,22 +125,18 @@ def _item_step(o, p):
     return ce * scale, {"ce": ce}
 
 
-def test_a_boolean_mask_is_caught_and_named(monkeypatch, teacher_file):
-    cfg = _register(monkeypatch, "masked", _masked_step)
+@pytest.mark.parametrize("name, step, operation, line", [
+    ("masked", _masked_step, "aten.nonzero makes a data-dependent shape", "o.logits[keep]"),
+    ("host_read", _item_step, "aten._local_scalar_dense reads a tensor's value on the host", "ce.item()"),
+])
+def test_a_step_that_cannot_be_captured_is_caught_and_named(monkeypatch, teacher_file, name, step, operation, line):
+    """A boolean mask and a host read (.item()), each named with the method, the operation and the line."""
+    cfg = _register(monkeypatch, name, step)
     with pytest.raises(NotCapturable) as err:
         check(cfg, teacher_file)
     message = str(err.value)
-    assert message.startswith("method 'masked': aten.nonzero makes a data-dependent shape"), message
-    assert "test_capturable.py" in message and "o.logits[keep]" in message  # the offending line
-
-
-def test_item_is_caught_and_named(monkeypatch, teacher_file):
-    cfg = _register(monkeypatch, "host_read", _item_step)
-    with pytest.raises(NotCapturable) as err:
-        check(cfg, teacher_file)
-    message = str(err.value)
-    assert message.startswith("method 'host_read': aten._local_scalar_dense reads a tensor's value on the host"), message
-    assert ".item()" in message and "ce.item()" in message
+    assert message.startswith(f"method '{name}': {operation}"), message
+    assert "test_capturable.py" in message and line in message  # the offending line
 
 
 def test_the_old_dkd_non_target_would_be_caught(monkeypatch, teacher_file):
