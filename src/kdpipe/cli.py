@@ -93,6 +93,18 @@ def cmd_tables_kd(a):
               cost_metrics=a.cost_metrics or None)
 
 
+def cmd_tables_sweep(a):
+    from kdpipe.tables.sweep import sweep_tables
+
+    sweep_tables(a.name, a.setting, a.metrics, a.reference, out_csv=a.out)
+
+
+def cmd_figures_sweep(a):
+    from kdpipe.figures.sweep import sweep_figures
+
+    sweep_figures(a.table, a.out)
+
+
 def cmd_tables_jobs(a):
     from kdpipe.tables.jobs import jobs_table
 
@@ -138,7 +150,7 @@ def cmd_figures_kd(a):
 def cmd_report(a):
     from kdpipe.report.build import build_report
 
-    build_report(out=a.out, name=a.name, tables_dir=a.tables, figures_dir=a.figures)
+    build_report(out=a.out, name=a.name, tables_dir=a.tables, figures_dir=a.figures, sweeps=a.sweep)
 
 
 def _schema_error_line(message: str) -> str:
@@ -290,6 +302,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="every training run's metrics.json (all families: jobs that overlapped on a GPU share it); "
              "default: the --metrics files")
 
+    s = sub.add_parser("tables-sweep", help="one sweep's table (classify.sweeps): mean ± std over seeds at each "
+                       "value of its setting, per pair and method, and the student alone as its reference")
+    s.add_argument("--name", required=True, help="the sweep's name (its key in classify.sweeps)")
+    s.add_argument("--setting", required=True, help="what it sweeps: <method>.<key> (e.g. kd_soft.temperature) "
+                   "or train_subset")
+    s.add_argument("--metrics", required=True, nargs="+", type=Path, help="the sweep points' metrics.json files")
+    s.add_argument("--reference", nargs="*", type=Path, default=[],
+                   help="the student-alone runs' metrics.json files (a setting sweep's reference)")
+    s.add_argument("--out", required=True, type=Path, help="results/tables/sweep_<name>.csv")
+    s.set_defaults(func=cmd_tables_sweep)
+
+    s = sub.add_parser("figures-sweep", help="one sweep's line chart: top-1 against the swept value, per pair")
+    s.add_argument("--table", required=True, type=Path, help="the sweep's table (kdpipe tables-sweep)")
+    s.add_argument("--out", required=True, type=Path, help="results/figures/sweep_<name>.png")
+    s.set_defaults(func=cmd_figures_sweep)
+
     s = sub.add_parser("tables-jobs", help="each job's wall time and peak memory from benchmark files")
     s.add_argument("--benchmarks", nargs="*", type=Path, default=[], help="Snakemake benchmark files")
     s.add_argument("--metrics", nargs="*", type=Path, default=[], help="where training jobs ran")
@@ -354,6 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tables", required=True, type=Path)
     s.add_argument("--figures", required=True, type=Path)
     s.add_argument("--out", required=True, type=Path)
+    s.add_argument("--sweep", action="append", default=[], metavar="NAME",
+                   help="a sweep of classify.sweeps to show (repeatable): reads sweep_NAME.csv and sweep_NAME.png")
     s.set_defaults(func=cmd_report)
     return p
 

@@ -18,6 +18,7 @@ from kdpipe.report.kd import kd_section
 from kdpipe.report.layout import page, save, text
 from kdpipe.report.reproduction import reproduction_section
 from kdpipe.report.self_distill import self_distill_section
+from kdpipe.report.sweep import load_sweeps, sweep_section
 from kdpipe.tables.cost import cost_sentence
 
 CONTENTS = (
@@ -37,7 +38,17 @@ CONTENTS = (
 )
 
 
-def title_page(pdf, name: str, runs: pd.DataFrame, jobs: pd.DataFrame) -> None:
+def contents(sweeps=()) -> str:
+    """The title page's contents; sweeps, when any, follow section 1 as the report does."""
+    if not sweeps:
+        return CONTENTS
+    first, rest = CONTENTS.split("\n2. ", 1)
+    line = ("1s. Sweeps (" + ", ".join(sweeps) + "): accuracy against one setting's values, each read against "
+            "its seeds' spread.")
+    return f"{first}\n{line}\n2. {rest}"
+
+
+def title_page(pdf, name: str, runs: pd.DataFrame, jobs: pd.DataFrame, sweeps=()) -> None:
     fig = page()
     fig.text(0.5, 0.88, "kdpipe report", ha="center", fontsize=26, weight="bold")
     fig.text(0.5, 0.84, "Knowledge distillation, rebuilt from raw data", ha="center", fontsize=13)
@@ -62,11 +73,12 @@ def title_page(pdf, name: str, runs: pd.DataFrame, jobs: pd.DataFrame) -> None:
             fig.text(0.32, y, line, fontsize=11, va="top")
             y -= 0.022
         y -= 0.008
-    text(fig, y - 0.03, CONTENTS, size=11, width=80)
+    text(fig, y - 0.03, contents(sweeps), size=11, width=80)
     save(pdf, fig)
 
 
-def build_report(*, out, name: str, tables_dir, figures_dir) -> None:
+def build_report(*, out, name: str, tables_dir, figures_dir, sweeps: list[str] = ()) -> None:
+    """``sweeps``: the names of classify.sweeps to show, each from ``sweep_<name>.csv`` and ``.png``."""
     tables_dir, figures_dir, out = Path(tables_dir), Path(figures_dir), Path(out)
     kd_summary = pd.read_csv(tables_dir / "kd_summary.csv")
     sd_summary = pd.read_csv(tables_dir / "self_distill_summary.csv")
@@ -74,12 +86,15 @@ def build_report(*, out, name: str, tables_dir, figures_dir) -> None:
     runs = pd.concat([pd.read_csv(tables_dir / f) for f in ("kd_runs.csv", "self_distill_runs.csv", "autoencoder_runs.csv")])
     jobs = pd.read_csv(tables_dir / "jobs.csv")
     reproduction = pd.read_csv(tables_dir / "reproduction.csv")
+    sweep_inputs = load_sweeps(sweeps, tables_dir, figures_dir)
     # A temp file of this process's own (two builds never share one), written through the handle
     # kdpipe created (never reopened by name: a link planted there is not followed), renamed over the
     # report at the end.
     with atomic_file(out, "wb") as fh, PdfPages(fh, metadata={"Title": f"kdpipe report: {name}", "Creator": "kdpipe"}) as pdf:
-        title_page(pdf, name, runs, jobs)
+        title_page(pdf, name, runs, jobs, sweeps)
         kd_section(pdf, kd_summary, figures_dir)
+        for table, chart in sweep_inputs:
+            sweep_section(pdf, table, chart)
         self_distill_section(pdf, sd_summary, figures_dir)
         autoencoder_section(pdf, ae_summary, figures_dir)
         reproduction_section(pdf, reproduction, [kd_summary, sd_summary])
