@@ -46,6 +46,15 @@ rule tables:
         rules.tables_autoencoder.output,
         rules.tables_jobs.output,
         rules.tables_reproduction.output,
+        [sweep_table(name) for name in SWEEPS],
+
+
+# Every sweep's table and chart (classify.sweeps), and only the runs they are made from:
+#   snakemake sweeps --cores 2 --configfile presets/demo.yaml presets/sweep-demo.yaml
+rule sweeps:
+    input:
+        [sweep_table(name) for name in SWEEPS],
+        [sweep_figure(name) for name in SWEEPS],
 
 
 rule figures:
@@ -53,6 +62,7 @@ rule figures:
         rules.figures_kd.output,
         rules.figures_self_distill.output,
         rules.figures_autoencoder.output,
+        [sweep_figure(name) for name in SWEEPS],
 
 
 # Tables, figures and the report made from a run that is now missing (a failed, killed or deleted

@@ -15,6 +15,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -54,6 +55,8 @@ TEST_OVERRIDES = {
 # for it, so its resubmission at the back of SLURM's queue does not hold the run up.
 CANCEL_ONE_OF = ["synthetic10/self_distill/self_distill-resnet18-s0"]
 FAILING_RUN = "synthetic10/classify/teacher-resnet14-s0"
+# Snakemake with the executor's status checks at most a few seconds apart (see the script).
+SNAKEMAKE = [sys.executable, str(Path(__file__).with_name("slurm_snakemake.py"))]
 SUBMITTED = re.compile(r"Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (\S+)\)\.")
 
 
@@ -91,7 +94,7 @@ def slurm_workdir(path: Path) -> Path:
 
 def start_snakemake(cluster, workdir: Path, *args: str) -> subprocess.Popen:
     out = open(workdir / "snakemake.out", "w")
-    return subprocess.Popen(["snakemake", *args], cwd=workdir, stdout=out, stderr=subprocess.STDOUT, text=True,
+    return subprocess.Popen(SNAKEMAKE + list(args), cwd=workdir, stdout=out, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, **cluster.env}, start_new_session=True)
 
 

@@ -237,6 +237,54 @@ def published_teachers_are_provided(config: dict) -> None:
                               f"{', '.join(sources[source]['archs'])}); remove this key to train {arch} instead")
 
 
+def _value_problem(value, schema: dict) -> str | None:
+    """Why ``value`` does not fit a setting's JSON-schema fragment (None when it does)."""
+    from jsonschema.validators import validator_for  # Snakemake's own validator library
+
+    error = next(iter(validator_for(schema)(schema).iter_errors(value)), None)
+    return None if error is None else error.message
+
+
+def sweeps_are_valid(config: dict) -> None:
+    """Each sweep names a setting of a method that classify.methods runs (or the transfer set), and
+    every value is one that setting accepts: refused now, naming the key, not when a point trains."""
+    c = config["classify"]
+    for name, entry in (c.get("sweeps") or {}).items():
+        key = f"classify.sweeps.{name}"
+        setting = entry["setting"]
+        if setting == plan.TRANSFER_SET:
+            for method in entry.get("methods") or []:
+                if method not in c["methods"]:
+                    raise ConfigError(f"{key}.methods: {method!r} is not in classify.methods ({', '.join(c['methods'])}); "
+                                      "a sweep draws methods the config runs: add it there or remove it here")
+            have = train_class_sizes(config["datasets"][c["dataset"]])
+            largest = _stratified_max(have) if have else None
+            for i, value in enumerate(entry["values"]):
+                if not isinstance(value, int) or value < 10 or (largest and value > largest):
+                    limit = f"10 to {largest}" if largest else "at least 10"
+                    raise ConfigError(f"{key}.values[{i}]: {value!r} is not a transfer-set size data set "
+                                      f"{c['dataset']!r} can give (a whole number of images, {limit})")
+            continue
+        method, param = setting.split(".", 1)
+        if method not in methods.METHODS:
+            raise ConfigError(f"{key}.setting: {setting!r} names no registered method ({', '.join(methods.METHODS)}); "
+                              f"write <method>.<setting> or {plan.TRANSFER_SET}")
+        if method not in c["methods"]:
+            raise ConfigError(f"{key}.setting: {setting!r} sweeps {method}, which classify.methods does not run "
+                              f"({', '.join(c['methods'])}); add {method} there or sweep another method")
+        known = methods.get(method).params
+        if param not in known:
+            has = ", ".join(known) or "none"
+            raise ConfigError(f"{key}.setting: {method} has no setting {param!r} (its settings: {has})")
+        if "methods" in entry:
+            raise ConfigError(f"{key}.methods: only a {plan.TRANSFER_SET} sweep lists methods; a sweep of {setting} "
+                              f"draws {method}, against the student alone: remove this key")
+        for i, value in enumerate(entry["values"]):
+            problem = _value_problem(value, known[param].schema)
+            if problem:
+                raise ConfigError(f"{key}.values[{i}]: {problem} ({setting}: {known[param].help})")
+
+
 CHECKS = [
     datasets_are_defined,
     autoencoder_data_has_its_own_name,
@@ -244,6 +292,7 @@ CHECKS = [
     train_subset_fits,
     pair_settings_name_listed_methods,
     untaught_runs_agree,
+    sweeps_are_valid,
     some_method_learns_from_the_teacher,
     run_names_are_safe,
     published_teachers_are_provided,

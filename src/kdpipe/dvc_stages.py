@@ -32,8 +32,9 @@ ENTRY_MODULES = {
     "self_distill": ["kdpipe.training.run", "kdpipe.training.self_distill"],
     "autoencoder": ["kdpipe.training.run", "kdpipe.training.ae_pair"],
     "tables": ["kdpipe.tables.kd", "kdpipe.tables.self_distill", "kdpipe.tables.autoencoder", "kdpipe.tables.jobs",
-               "kdpipe.tables.reproduction"],
-    "figures": ["kdpipe.figures.kd", "kdpipe.figures.self_distill", "kdpipe.figures.autoencoder"],
+               "kdpipe.tables.reproduction", "kdpipe.tables.sweep"],
+    "figures": ["kdpipe.figures.kd", "kdpipe.figures.self_distill", "kdpipe.figures.autoencoder",
+                "kdpipe.figures.sweep"],
     "report": ["kdpipe.report.build"],
     "teachers": ["kdpipe.data.archive"],  # download_teachers: `kdpipe download`
 }
@@ -242,14 +243,20 @@ def dvc_pipeline(root: Path, configfiles: list[str]) -> dict:
             [family_dirs[family], *(plan.log_path(r, j) for r, j in jobs),
              *(plan.benchmark_path(r, j) for r, j in jobs)], src)
 
+    # A sweep's points are classify runs (its values are classify parameters: `dvc exp run -S` on
+    # them reruns the classify stage, where Snakemake trains only the points that changed); its
+    # table and chart are one job each in the tables and figures stages (report.smk).
+    sweeps = list(plan.sweeps(config))
+    table_rules = TABLE_RULES + [f"tables_sweep_{name}" for name in sweeps]
+    figure_rules = FIGURE_RULES + [f"figures_sweep_{name}" for name in sweeps]
     stages["tables"] = _stage(
         "tables", "per-run and mean ± std tables, headline metrics, the jobs table", ["tables"], configfiles,
         [*family_dirs.values(), *data_benchmarks, *train_benchmarks], [],
-        ["results/tables", *map(plan.log_path, TABLE_RULES), *map(plan.benchmark_path, TABLE_RULES)], src)
+        ["results/tables", *map(plan.log_path, table_rules), *map(plan.benchmark_path, table_rules)], src)
     stages["figures"] = _stage(
         "figures", "bar charts, curves and picture grids", ["figures"], configfiles,
         ["results/tables", *family_dirs.values(), data_outs[ae["name"]]], [],
-        ["results/figures", *map(plan.log_path, FIGURE_RULES), *map(plan.benchmark_path, FIGURE_RULES)], src)
+        ["results/figures", *map(plan.log_path, figure_rules), *map(plan.benchmark_path, figure_rules)], src)
     stages["report"] = _stage(
         "report", "results/report.pdf", ["results/report.pdf"], configfiles,
         ["results/tables", "results/figures"], _params(raw, ["name"]),

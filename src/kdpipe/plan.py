@@ -92,8 +92,9 @@ def classify_pairs(config: dict) -> list[dict]:
     return pairs
 
 
-def classify_runs(config: dict) -> dict[str, dict]:
-    """Every classifier run as ``{name: run_config}``; runs shared by pairs appear once.
+def classify_runs(config: dict, sweep_points: bool = True) -> dict[str, dict]:
+    """Every classifier run as ``{name: run_config}``; runs shared by pairs appear once. Without
+    ``sweep_points``, the config's own runs only (what the KD tables and figures read).
 
     A student run's config holds its method's resolved settings (``method_params``) and nothing of
     the other methods', so changing one method's setting reruns only that method's students.
@@ -114,18 +115,104 @@ def classify_runs(config: dict) -> dict[str, dict]:
                 if imported:  # the source's own recipe: changing teacher_train must not re-import it
                     runs[name].update({"train": config["teacher_sources"][imported["source"]]["recipe"],
                                        "import": imported})
-            student = {**common, "role": "student", "arch": pair["student"], "seed": seed,
-                       "train": c["student_train"], "train_subset": c["train_subset"]}
             for method in c["methods"]:
-                m = methods.get(method)
-                name = student_run(method, pair["student"], pair["teacher"], seed)
-                run = {**student, "run": name, "method": method}
-                if m.params:
-                    run["method_params"] = pair["method_params"][method]
-                if m.needs_teacher:
-                    run.update(teacher=pair["teacher"], teacher_run=teacher_run(pair["teacher"], seed))
-                runs[name] = run
+                run = _student(common, c, pair, method, seed)
+                runs[run["run"]] = run
+    if not sweep_points:
+        return runs
+    # Sweep points (classify.sweeps): ordinary student runs with one setting changed. A point equal
+    # to the config's own run is that run (same name, same config), and a point two sweeps share is
+    # one run: the dict keeps one entry per name, so nothing trains twice.
+    for sweep in sweeps(config).values():
+        reference = [_student(common, c, pair, m, seed) for seed in c["seeds"] for pair in classify_pairs(config)
+                     for m in sweep["reference"]]  # the student alone, even when classify.methods lacks it
+        for run in [*sweep_point_runs(config, common, sweep), *reference]:
+            runs.setdefault(run["run"], run)
     return runs
+
+
+def _student(common: dict, c: dict, pair: dict, method: str, seed: int, sweep: dict | None = None,
+             value=None) -> dict:
+    """A student run of ``method`` for ``pair`` and ``seed``; with ``sweep``, at the swept ``value``
+    (named after it unless the value is the config's own)."""
+    m = methods.get(method)
+    run = {**common, "role": "student", "arch": pair["student"], "seed": seed, "train": c["student_train"],
+           "train_subset": c["train_subset"], "method": method}
+    if m.params:
+        run["method_params"] = dict(pair["method_params"][method])
+    if m.needs_teacher:
+        run.update(teacher=pair["teacher"], teacher_run=teacher_run(pair["teacher"], seed))
+    suffix = ""
+    if sweep is not None:
+        if sweep["key"] == "train_subset":
+            own = run["train_subset"] == value
+            run["train_subset"] = value
+        else:
+            own = run["method_params"][sweep["key"]] == value
+            run["method_params"][sweep["key"]] = value
+        suffix = "" if own else f"-{sweep['word']}{value_word(value)}"
+    base = student_run(method, pair["student"], pair["teacher"], seed)
+    run["run"] = base[: -len(f"-s{seed}")] + f"{suffix}-s{seed}"
+    return run
+
+
+# ---- Sweeps (classify.sweeps): one setting across values, the curves distillation papers draw ----
+# Snakemake's Paramspace is the workflow catalog's tool for grids of parameters; it is not used here
+# because a point is not a new kind of job but a classify run like any other (the same rule, run
+# config and checkpoints), and its name must fold into the config's own run when the value is the
+# config's: a Paramspace pattern (`temperature~4/...`) would name that run twice. A sweep is one axis,
+# so the grid is a list of values, expanded here with the rest of the plan.
+TRANSFER_SET = "train_subset"
+SWEEP_WORDS = {TRANSFER_SET: "subset"}  # a run name's word for the swept value: kd_soft-...-subset500-s0
+
+
+def value_word(value) -> str:
+    """A swept value as run-name characters (letters, digits, '_' and '-'): 4, 0p5, 1em05."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return format(value, "g").replace(".", "p").replace("-", "m").replace("+", "")
+
+
+def sweeps(config: dict) -> dict[str, dict]:
+    """Each sweep of ``classify.sweeps`` resolved: its setting split into method and key, the methods
+    whose lines it draws (a setting's own method; for the transfer set every listed method), the
+    reference (the student alone, which reads no method setting), and its run-name word."""
+    c = config["classify"]
+    out = {}
+    for name, entry in (c.get("sweeps") or {}).items():
+        setting = entry["setting"]
+        if setting == TRANSFER_SET:
+            method, key = None, TRANSFER_SET
+            lines = list(entry.get("methods") or c["methods"])
+        else:
+            method, key = setting.split(".", 1)
+            lines = [method]
+        reference = [] if method is None or method == methods.BASELINE else [methods.BASELINE]
+        out[name] = {"name": name, "setting": setting, "method": method, "key": key, "values": list(entry["values"]),
+                     "lines": lines, "reference": reference, "word": SWEEP_WORDS.get(key, key),
+                     "log_x": key == TRANSFER_SET}
+    return out
+
+
+def sweep_point_runs(config: dict, common: dict, sweep: dict) -> list[dict]:
+    """Every run a sweep draws a point from, for every pair and seed of the config."""
+    c = config["classify"]
+    return [_student(common, c, pair, method, seed, sweep, value)
+            for seed in c["seeds"] for pair in classify_pairs(config)
+            for method in sweep["lines"] for value in sweep["values"]]
+
+
+def sweep_runs(config: dict) -> dict[str, dict[str, list[str]]]:
+    """Per sweep, the run names of its points and of its reference (each name once, in plan order)."""
+    c = config["classify"]
+    common = {"family": "classify", "device": config["device"]}
+    out = {}
+    for name, sweep in sweeps(config).items():
+        points = [run["run"] for run in sweep_point_runs(config, common, sweep)]
+        reference = [_student(common, c, pair, m, seed)["run"] for seed in c["seeds"]
+                     for pair in classify_pairs(config) for m in sweep["reference"]]
+        out[name] = {"points": list(dict.fromkeys(points)), "reference": list(dict.fromkeys(reference))}
+    return out
 
 
 def self_distill_run(method: str, arch: str, seed: int) -> str:
@@ -185,6 +272,11 @@ def ae_runs(config: dict) -> dict[str, dict]:
                          "dataset_source": data["source"], "device": config["device"], "augment": c["augment"],
                          "width": c["width"], "seed": seed, "train": c["train"], "variant": variant}
     return runs
+
+
+def sweep_only_runs(config: dict) -> set[str]:
+    """Classifier runs that only sweeps train (not the config's own): the KD tables leave them out."""
+    return set(classify_runs(config)) - set(classify_runs(config, sweep_points=False))
 
 
 def training_runs(config: dict) -> dict[tuple[str, str], dict]:

@@ -49,6 +49,10 @@ RESULTS = "results"
 RESOURCES = config["resources"]
 RUNS = plan.training_runs(config)  # {(family, run): run config}
 CLASSIFY_PAIRS = plan.classify_pairs(config)
+# Sweeps (classify.sweeps): each one's point and reference runs; the runs only sweeps train.
+SWEEPS = plan.sweeps(config)
+SWEEP_RUNS = plan.sweep_runs(config)
+SWEEP_ONLY_RUNS = plan.sweep_only_runs(config)
 AE_DATA = plan.ae_data(config)
 USED_DATASETS = plan.used_datasets(config)
 # Published teachers (classify.published_teachers): the sources imported from, and the teacher runs
@@ -126,14 +130,17 @@ def imported_inputs(wildcards):
     }
 
 
-def family_outputs(family, name):
-    """One file (model.pt, metrics.json, history.csv) of every run of a family."""
-    return [f"{run_dir(cfg['dataset'], f, run)}/{name}" for (f, run), cfg in sorted(RUNS.items()) if f == family]
+def family_outputs(family, name, sweep_points=False):
+    """One file (model.pt, metrics.json, history.csv) of every run of a family; the runs only sweeps
+    train (classify.sweeps) with ``sweep_points``, since only the sweep tables read them."""
+    return [f"{run_dir(cfg['dataset'], f, run)}/{name}" for (f, run), cfg in sorted(RUNS.items())
+            if f == family and (sweep_points or run not in SWEEP_ONLY_RUNS)]
 
 
 def family_targets(family):
-    """Every output of every run of a family."""
-    return [f for name in ("model.pt", "metrics.json", "history.csv") for f in family_outputs(family, name)]
+    """Every output of every run of a family (sweep points included)."""
+    return [f for name in ("model.pt", "metrics.json", "history.csv")
+            for f in family_outputs(family, name, sweep_points=True)]
 
 
 def training_benchmarks():
@@ -149,6 +156,20 @@ def data_benchmarks():
 
 def kd_figures():
     return [f"{RESULTS}/figures/kd-{p['id']}-{kind}.png" for p in CLASSIFY_PAIRS for kind in ("accuracy", "curves")]
+
+
+def sweep_metrics(runs):
+    """The metrics.json of these classifier runs (a sweep's points or its reference)."""
+    dataset = config["classify"]["dataset"]
+    return [f"{run_dir(dataset, 'classify', run)}/metrics.json" for run in runs]
+
+
+def sweep_table(name):
+    return f"{RESULTS}/tables/sweep_{name}.csv"
+
+
+def sweep_figure(name):
+    return f"{RESULTS}/figures/sweep_{name}.png"
 
 
 SELF_DISTILL_FIGURES = [f"{RESULTS}/figures/self_distill-{kind}.png" for kind in ("cost", "curves")]

@@ -5,7 +5,8 @@ rule tables_kd:
     input:
         metrics=family_outputs("classify", "metrics.json"),
         # What each run cost: jobs of every family that overlapped on one GPU share it (kdpipe.tables.cost).
-        cost=[f for family in ("classify", "self_distill", "autoencoder") for f in family_outputs(family, "metrics.json")],
+        cost=[f for family in ("classify", "self_distill", "autoencoder")
+              for f in family_outputs(family, "metrics.json", sweep_points=True)],
     output:
         runs=report("results/tables/kd_runs.csv", category="Tables", labels={"table": "KD runs"}),
         summary=report("results/tables/kd_summary.csv", category="Tables", labels={"table": "KD mean ± std"}),
@@ -94,7 +95,8 @@ rule tables_reproduction:
 
 rule tables_jobs:
     input:
-        metrics=[f for family in ("classify", "self_distill", "autoencoder") for f in family_outputs(family, "metrics.json")],
+        metrics=[f for family in ("classify", "self_distill", "autoencoder")
+                 for f in family_outputs(family, "metrics.json", sweep_points=True)],
     output:
         report("results/tables/jobs.csv", category="Tables", labels={"table": "jobs"}),
     params:
@@ -113,6 +115,56 @@ rule tables_jobs:
         **RESOURCES["report"],
     shell:
         "kdpipe tables-jobs --benchmarks {params.benchmarks:q} --metrics {input.metrics:q} --out {output:q} > {log:q} 2>&1"
+
+
+# One table job and one chart job per sweep (classify.sweeps), defined in a loop rather than with
+# a {sweep} wildcard: rules without wildcards and with plain inputs are what the stale-results
+# sweep (kdpipe.stale) watches, so a sweep's table never outlives a failed point.
+for _sweep in SWEEPS.values():
+
+    rule:
+        name:
+            f"tables_sweep_{_sweep['name']}"
+        input:
+            points=sweep_metrics(SWEEP_RUNS[_sweep["name"]]["points"]),
+            reference=sweep_metrics(SWEEP_RUNS[_sweep["name"]]["reference"]),
+        output:
+            report(sweep_table(_sweep["name"]), category="Sweeps", labels={"table": f"sweep {_sweep['name']}"}),
+        params:
+            name=_sweep["name"],
+            setting=_sweep["setting"],
+            reference=lambda wc, input: ["--reference", *input.reference] if input.reference else [],
+        log:
+            plan.log_path(f"tables_sweep_{_sweep['name']}"),
+        benchmark:
+            plan.benchmark_path(f"tables_sweep_{_sweep['name']}")
+        conda:
+            "../../envs/kdpipe.yaml"
+        threads: 1
+        resources:
+            **RESOURCES["report"],
+        shell:
+            "kdpipe tables-sweep --name {params.name:q} --setting {params.setting:q} --metrics {input.points:q} "
+            "{params.reference:q} --out {output:q} > {log:q} 2>&1"
+
+    rule:
+        name:
+            f"figures_sweep_{_sweep['name']}"
+        input:
+            sweep_table(_sweep["name"]),
+        output:
+            report(sweep_figure(_sweep["name"]), category="Sweeps"),
+        log:
+            plan.log_path(f"figures_sweep_{_sweep['name']}"),
+        benchmark:
+            plan.benchmark_path(f"figures_sweep_{_sweep['name']}")
+        conda:
+            "../../envs/kdpipe.yaml"
+        threads: 1
+        resources:
+            **RESOURCES["report"],
+        shell:
+            "kdpipe figures-sweep --table {input:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule figures_kd:
@@ -197,10 +249,13 @@ rule report:
             "results/tables/reproduction.csv",
         ],
         figures=kd_figures() + SELF_DISTILL_FIGURES + AE_FIGURES,
+        sweep_tables=[sweep_table(name) for name in SWEEPS],
+        sweep_figures=[sweep_figure(name) for name in SWEEPS],
     output:
         report("results/report.pdf", category="Report"),
     params:
         name=config["name"],
+        sweeps=[word for name in SWEEPS for word in ("--sweep", name)],
         tables_dir=lambda wc, input: os.path.dirname(input.tables[0]),
         figures_dir=lambda wc, input: os.path.dirname(input.figures[0]),
     log:
@@ -214,4 +269,4 @@ rule report:
         **RESOURCES["report"],
     shell:
         "kdpipe report --name {params.name:q} --tables {params.tables_dir:q} --figures {params.figures_dir:q} "
-        "--out {output:q} > {log:q} 2>&1"
+        "{params.sweeps:q} --out {output:q} > {log:q} 2>&1"
