@@ -52,6 +52,17 @@ def classify_runs(work: Path, prefix: str = "") -> set[str]:
     return {d.name for d in (work / "results/synthetic10/classify").iterdir() if d.name.startswith(prefix)}
 
 
+def retrained(work: Path, overlay: Path) -> set[str]:
+    """The classifier runs ``overlay`` changes or adds (own runs and sweep points alike): what
+    Snakemake must train after the change, by the plan of both configs."""
+    from kdpipe import dvc_stages, plan
+
+    before, _ = dvc_stages.load_config(work, PRESETS)
+    after, _ = dvc_stages.load_config(work, [*PRESETS, str(overlay)])
+    old = plan.classify_runs(before)
+    return {name for name, cfg in plan.classify_runs(after).items() if old.get(name) != cfg}
+
+
 def clone(origin: Path, dest: Path) -> Path:
     run(origin.parent, "git", "clone", "-q", str(origin), str(dest))
     return dest
@@ -126,9 +137,14 @@ def test_snakemake_refuses_pulled_files_until_synced(origin, tmp_path):
     assert proc.returncode != 0 and "run `kdpipe dvc-sync` first" in proc.stdout
     run(work, "kdpipe", "dvc-sync")
     proc = snakemake(work, "-n", "results/report.pdf", *TINY, str(hotter))
-    soft = len(classify_runs(origin, "kd_soft-"))
-    assert planned_jobs(proc.stdout) == {"train": soft, "tables_kd": 1, "tables_jobs": 1, "tables_reproduction": 1,
-                                         "figures_kd": 1, "report": 1}
+    # kd_soft's own runs, and the sweep points that read its temperature (T = 2 is no longer the own
+    # run's value, so it becomes a point of its own; the transfer-set points train at T = 3)
+    hot = retrained(work, hotter)
+    assert {run.split("-resnet8")[0] for run in hot} == {"kd_soft"} and "kd_soft-resnet8-from-resnet14-s0" in hot
+    assert "kd_soft-resnet8-from-resnet14-temperature2-s0" in hot and len(hot) == 3
+    sweeps = {f"{kind}_sweep_{name}": 1 for kind in ("tables", "figures") for name in ("temperature", "transfer_set")}
+    assert planned_jobs(proc.stdout) == {"train": len(hot), "tables_kd": 1, "tables_jobs": 1, "tables_reproduction": 1,
+                                         "figures_kd": 1, "report": 1, **sweeps}
 
 
 def test_sync_never_trusts_outputs_of_other_parameters(origin, tmp_path):
@@ -170,11 +186,15 @@ def test_parameter_change_reruns_only_what_depends_on_it(pulled):
     classify = work / "results/synthetic10/classify"
     before = {d.name: md5(d / "metrics.json") for d in classify.iterdir()}
     others = {p: md5(p) for p in (work / "results").glob("*/*/*/metrics.json") if "classify" not in p.parts}
+    hotter = work.parent / "hotter.yaml"  # the same change as an overlay, outside the repository
+    hotter.write_text(yaml.safe_dump({"classify": {"method_params": {"kd_soft": {"temperature": 3}}}}))
+    expected = retrained(work, hotter)
     proc = run(work, "dvc", "exp", "run", "-n", "hotter", "-S", "presets/demo.yaml:classify.method_params.kd_soft.temperature=3")
     ran = {line.split("'")[1] for line in proc.stdout.splitlines() if line.startswith("Running stage")}
     assert ran == {"classify", "tables", "figures", "report"}, proc.stdout[-4000:]
-    changed = {name for name, digest in before.items() if md5(classify / name / "metrics.json") != digest}
-    assert changed == classify_runs(work, "kd_soft-")
+    # Exactly the runs the change reaches: kd_soft's own, and the sweep points that read its temperature.
+    changed = {d.name for d in classify.iterdir() if before.get(d.name) != md5(d / "metrics.json")}
+    assert changed == expected and classify_runs(work, "kd_soft-") >= changed
     assert len(re.findall(r"^(?:local)?rule train:", proc.stdout, flags=re.M)) == len(changed), proc.stdout[-4000:]
     assert {p: md5(p) for p in others} == others
     table = pd.read_csv(io.StringIO(run(work, "dvc", "exp", "show", "--no-pager", "--csv").stdout))
