@@ -53,12 +53,15 @@ def main() -> int:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def run_demo(tmp: Path, args) -> int:
+def run_demo(tmp: Path, args, target: str = "results/report.pdf", configfiles=("presets/demo.yaml",),
+             budget_s: float = BUDGET_S, after=None) -> int:
+    """Build ``target`` with these config files in a fresh copy; print the timings against ``budget_s``
+    (``after(workdir)`` prints what else a caller wants from the build, e.g. the sweep tables)."""
     workdir = copy_workflow(tmp / "demo")
     t0 = time.perf_counter()
     started = time.time()
     proc = subprocess.run(
-        ["snakemake", "results/report.pdf", "--cores", str(args.cores), "--configfile", "presets/demo.yaml"],
+        ["snakemake", target, "--cores", str(args.cores), "--configfile", *configfiles],
         cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     wall = time.perf_counter() - t0
@@ -74,16 +77,18 @@ def run_demo(tmp: Path, args) -> int:
     per_rule = jobs.groupby("rule").agg(jobs=("wall_s", "size"), wall_s=("wall_s", "sum"), cpu_s=("cpu_s", "sum"))
     print(per_rule.round(1).to_string())
     print()
-    print(f"pipeline wall time          {wall:8.1f} s   (budget {BUDGET_S} s: {'within' if wall <= BUDGET_S else 'OVER'})")
+    print(f"pipeline wall time          {wall:8.1f} s   (budget {budget_s:.0f} s: {'within' if wall <= budget_s else 'OVER'})")
     print(f"sum of job wall times       {jobs['wall_s'].sum():8.1f} s   parallelism {jobs['wall_s'].sum() / wall:.2f} of {args.cores} cores")
     print(f"sum of job CPU times        {jobs['cpu_s'].sum():8.1f} s   core utilisation {jobs['cpu_s'].sum() / (wall * args.cores):.0%}")
     print(f"ideal wall (sum / cores)    {jobs['wall_s'].sum() / args.cores:8.1f} s   wall / ideal {wall / (jobs['wall_s'].sum() / args.cores):.2f}")
     print(f"scheduling + startup        {wall - jobs['wall_s'].sum() / args.cores:8.1f} s   (wall minus ideal packing of the jobs)")
     print()
     print_job_timeline(workdir, started)
+    if after is not None:
+        after(workdir)
     if args.keep:
         print(f"kept: {workdir}")
-    return 0 if wall <= BUDGET_S else 2
+    return 0 if wall <= budget_s else 2
 
 
 if __name__ == "__main__":

@@ -167,8 +167,11 @@ def test_bad_config_stops_a_real_run_before_any_job(workdir, case):
     assert not (workdir / "data").exists()
 
 
-@pytest.mark.parametrize("overlay", [None, "presets/demo.yaml"])
-def test_shipped_configs_validate(workdir, overlay):
-    args = ["-n", "results/report.pdf"] + (["--configfile", overlay] if overlay else [])
+@pytest.mark.parametrize("overlays", [[], ["presets/demo.yaml"], ["presets/demo.yaml", "presets/sweep-demo.yaml"],
+                                      ["presets/transfer-set.yaml"]], ids=lambda o: "+".join(o) or "config.yaml")
+def test_shipped_configs_validate(workdir, overlays):
+    args = ["-n", "results/report.pdf"] + (["--configfile", *overlays] if overlays else [])
     proc = snakemake(workdir, *args)
     assert "report" in proc.stdout
+    for name in yaml.safe_load((workdir / overlays[-1]).read_text())["classify"].get("sweeps", {}) if overlays else []:
+        assert f"tables_sweep_{name}" in proc.stdout and f"figures_sweep_{name}" in proc.stdout
