@@ -157,6 +157,14 @@ def test_sentence_one_seed_has_no_spread():
         "value (train_subset = 50, 40.00%), with one seed there is no seed spread to compare the difference with.")
 
 
+def test_sentence_a_tie_names_no_best_value():
+    from kdpipe.report.sweep import sweep_sentence
+
+    rows = points((1, 10.0, NAN, 1), (2, 10.0, NAN, 1))  # chance accuracy at both values
+    assert sweep_sentence(rows) == ("KD soft, resnet14 → resnet8: every value of kd_soft.temperature gives 10.00% "
+                                    "(mean over 1 seed): the values are not told apart.")
+
+
 # --- the chart ------------------------------------------------------------------------------------
 
 def test_chart_transfer_set_is_log_scaled_with_ticks_at_the_values(tmp_path):

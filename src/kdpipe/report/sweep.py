@@ -36,6 +36,9 @@ def sweep_sentence(rows: pd.DataFrame) -> str:
     if len(rows) < 2:
         return f"{at_best}; the only value swept, nothing to compare it with."
     diff = best["best_top1_mean"] - worst["best_top1_mean"]
+    if diff == 0:  # a tie (chance accuracy, say): no value is best
+        return (f"{_subject(best)}: every value of {setting} gives {best['best_top1_mean']:.2f}% (mean over "
+                f"{_seeds(best['seeds'])}): the values are not told apart.")
     against = (f"{diff:.2f} points above the worst value ({setting} = {value_text(worst['value'])}, "
                f"{fmt(worst['best_top1_mean'], worst['best_top1_std'])}%)")
     spread = best["best_top1_std"] + worst["best_top1_std"]
