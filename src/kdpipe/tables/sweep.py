@@ -12,10 +12,10 @@ import pandas as pd
 from kdpipe import methods
 from kdpipe.errors import InputError
 from kdpipe.io import atomic_write_text
+from kdpipe.plan import TRANSFER_SET  # the one setting that is not a method's: the transfer-set size
 from kdpipe.tables import metrics_file, seed_stats
 from kdpipe.tables.kd import entry_label, kd_run_rows
 
-TRANSFER_SET = "train_subset"  # the one setting that is not a method's: the student's transfer-set size
 COLUMNS = ["sweep", "setting", "teacher", "student", "method", "label", "role", "value", "seeds",
            "best_top1_mean", "best_top1_std", "last_top1_mean", "last_top1_std", "runs"]
 
