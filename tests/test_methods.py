@@ -184,8 +184,8 @@ def test_settings_resolve_registry_then_config_then_pair():
     runs = plan.classify_runs(config)
     first, second = runs["dkd-resnet8-from-resnet14-s0"], runs["dkd-resnet8-from-resnet20-s0"]
     # temperature, beta and warm-up from the demo preset, alpha from config.yaml, the first pair's own beta
-    assert first["method_params"] == {"temperature": 2, "alpha": 1, "beta": 5, "warmup": 2}
-    assert second["method_params"] == {"temperature": 2, "alpha": 1, "beta": 2, "warmup": 2}
+    assert first["method_params"] == {"temperature": 2, "alpha": 1, "beta": 5, "warmup": 1}
+    assert second["method_params"] == {"temperature": 2, "alpha": 1, "beta": 2, "warmup": 1}
     # what the registry alone gives (no config layer sets fitnet's stage)
     assert runs["fitnet-resnet8-from-resnet14-s0"]["method_params"]["stage"] == methods.get("fitnet").params["stage"].default
     assert "method_params" not in runs["alone-resnet8-s0"]
