@@ -40,17 +40,23 @@ def print_job_timeline(workdir: Path, t0: float) -> None:
         print(f"{start:7.1f} {end:7.1f} {end - start:6.1f}  {job}")
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def bench_main(description: str, **build) -> int:
+    """Parse --cores and --keep, build in a temporary folder (``run_demo(..., **build)``), remove it
+    unless --keep: the command line of this benchmark and of benchmarks/sweep_demo.py."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder and print its path")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="kdpipe-bench-"))
     try:
-        return run_demo(tmp, args)
+        return run_demo(tmp, args, **build)
     finally:
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main() -> int:
+    return bench_main(__doc__.splitlines()[0])
 
 
 def run_demo(tmp: Path, args, target: str = "results/report.pdf", configfiles=("presets/demo.yaml",),

@@ -7,16 +7,13 @@ sweep point and the student alone, each sweep's table and chart) from nothing, t
 same timings as benchmarks/demo_pipeline.py and the sweep tables. Exit status 2 when over budget.
 """
 
-import argparse
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from demo_pipeline import run_demo  # noqa: E402
+from demo_pipeline import bench_main  # noqa: E402
 
 BUDGET_S = 300
 CONFIGFILES = ("presets/demo.yaml", "presets/sweep-demo.yaml")
@@ -30,17 +27,8 @@ def print_sweep_tables(workdir: Path) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cores", type=int, default=2)
-    parser.add_argument("--keep", action="store_true", help="keep the temporary folder and print its path")
-    args = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="kdpipe-sweep-bench-"))
-    try:
-        return run_demo(tmp, args, target="sweeps", configfiles=CONFIGFILES, budget_s=BUDGET_S,
-                        after=print_sweep_tables)
-    finally:
-        if not args.keep:
-            shutil.rmtree(tmp, ignore_errors=True)
+    return bench_main(__doc__.splitlines()[0], target="sweeps", configfiles=CONFIGFILES, budget_s=BUDGET_S,
+                      after=print_sweep_tables)
 
 
 if __name__ == "__main__":

@@ -9,12 +9,12 @@ import os
 import stat
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import torch
 
 from kdpipe import io
 from kdpipe.errors import InputError
+from report_stubs import skip_sections, write_stub_tables
 
 SECRET = b"SECRET DATA of the job's user\n"
 
@@ -77,15 +77,8 @@ def test_the_report_does_not_write_through_a_link_at_its_temp_name(tmp_path, vic
     import kdpipe.report.build as build
 
     tables = tmp_path / "tables"
-    tables.mkdir()
-    for name in ("kd_summary", "self_distill_summary", "autoencoder_summary", "kd_runs", "self_distill_runs",
-                 "autoencoder_runs"):
-        pd.DataFrame({"git_commit": ["abc"], "device": ["cpu"], "host": ["h"]}).to_csv(tables / f"{name}.csv",
-                                                                                       index=False)
-    pd.DataFrame({"wall_s": [60.0], "cpu_s": [30.0]}).to_csv(tables / "jobs.csv", index=False)
-    pd.DataFrame({"entry": []}).to_csv(tables / "reproduction.csv", index=False)
-    for section in ("kd_section", "self_distill_section", "autoencoder_section", "reproduction_section", "jobs_appendix"):
-        monkeypatch.setattr(build, section, lambda *a: None)  # the sections have their own tests
+    write_stub_tables(tables)
+    skip_sections(monkeypatch)
     out = tmp_path / "results" / "report.pdf"
     plant_at_temp(out, victim)
     build.build_report(out=out, name="tiny", tables_dir=tables, figures_dir=tmp_path)

@@ -8,7 +8,6 @@ import sys
 import zipfile
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -19,6 +18,7 @@ from kdpipe.errors import DiskFullError, NonFiniteLossError
 from kdpipe.models import build_model
 from kdpipe.training.classify import Classifier
 from kdpipe.training.loop import Recipe, first_non_finite, fit, save_resume, state_digest
+from report_stubs import skip_sections, write_stub_tables
 
 CPU = torch.device("cpu")
 
@@ -274,22 +274,11 @@ def _fd_name(fh) -> str:
     return os.readlink(f"/proc/self/fd/{fh.fileno()}")
 
 
-def _report_inputs(tables: Path) -> None:
-    tables.mkdir()
-    for name in ("kd_summary", "self_distill_summary", "autoencoder_summary"):
-        pd.DataFrame({"x": [1]}).to_csv(tables / f"{name}.csv", index=False)
-    for name in ("kd_runs", "self_distill_runs", "autoencoder_runs"):
-        pd.DataFrame({"git_commit": ["abc"], "device": ["cpu"], "host": ["h"]}).to_csv(tables / f"{name}.csv",
-                                                                                       index=False)
-    pd.DataFrame({"wall_s": [60.0], "cpu_s": [30.0]}).to_csv(tables / "jobs.csv", index=False)
-    pd.DataFrame({"entry": []}).to_csv(tables / "reproduction.csv", index=False)
-
-
 def test_report_writes_through_its_own_temp_name(tmp_path, monkeypatch):
     import kdpipe.report.build as build
     from matplotlib.backends.backend_pdf import PdfPages
 
-    _report_inputs(tmp_path / "tables")
+    write_stub_tables(tmp_path / "tables")
     out = tmp_path / "results" / "report.pdf"
     out.parent.mkdir()
     out.write_bytes(b"old report")
@@ -297,8 +286,7 @@ def test_report_writes_through_its_own_temp_name(tmp_path, monkeypatch):
     stale.write_bytes(b"a killed build's half report")
     opened = []
     monkeypatch.setattr(build, "PdfPages", lambda fh, **kw: opened.append(Path(_fd_name(fh))) or PdfPages(fh, **kw))
-    for section in ("kd_section", "self_distill_section", "autoencoder_section", "reproduction_section", "jobs_appendix"):
-        monkeypatch.setattr(build, section, lambda *a: None)  # the sections have their own tests
+    skip_sections(monkeypatch)
     build.build_report(out=out, name="tiny", tables_dir=tmp_path / "tables", figures_dir=tmp_path)
     assert opened == [out.with_name(f".report.pdf.tmp-{os.getpid()}")]
     assert out.read_bytes().startswith(b"%PDF") and not stale.exists()

@@ -12,6 +12,7 @@ from pypdf import PdfReader
 from kdpipe import methods
 from kdpipe.errors import InputError
 from kdpipe.tables.sweep import read_sweep_table, sweep_table, sweep_tables
+from report_stubs import skip_sections, write_stub_tables
 
 NAN = float("nan")
 
@@ -206,21 +207,13 @@ def _pdf_text(path) -> str:
 
 
 def test_report_builds_with_one_sweep(temperature, tmp_path, monkeypatch):
-    import kdpipe.report.build as build
     from kdpipe.cli import main
 
     figures = tmp_path / "figures"
     assert main(["figures-sweep", "--table", str(temperature), "--out", str(figures / "sweep_temperature.png")]) == 0
     tables = temperature.parent
-    for name in ("kd_summary", "self_distill_summary", "autoencoder_summary", "kd_runs", "self_distill_runs",
-                 "autoencoder_runs"):
-        pd.DataFrame({"git_commit": ["abc"], "device": ["cpu"], "host": ["h"]}).to_csv(tables / f"{name}.csv",
-                                                                                       index=False)
-    pd.DataFrame({"wall_s": [60.0], "cpu_s": [30.0]}).to_csv(tables / "jobs.csv", index=False)
-    pd.DataFrame({"entry": []}).to_csv(tables / "reproduction.csv", index=False)
-    for section in ("kd_section", "self_distill_section", "autoencoder_section", "reproduction_section",
-                    "jobs_appendix"):
-        monkeypatch.setattr(build, section, lambda *a: None)  # the sections have their own tests
+    write_stub_tables(tables)
+    skip_sections(monkeypatch)
     plain = tmp_path / "plain.pdf"
     assert main(["report", "--name", "tiny", "--tables", str(tables), "--figures", str(figures),
                  "--out", str(plain)]) == 0

@@ -124,9 +124,8 @@ def classify_runs(config: dict, sweep_points: bool = True) -> dict[str, dict]:
     # to the config's own run is that run (same name, same config), and a point two sweeps share is
     # one run: the dict keeps one entry per name, so nothing trains twice.
     for sweep in sweeps(config).values():
-        reference = [_student(common, c, pair, m, seed) for seed in c["seeds"] for pair in classify_pairs(config)
-                     for m in sweep["reference"]]  # the student alone, even when classify.methods lacks it
-        for run in [*sweep_point_runs(config, common, sweep), *reference]:
+        # the reference (the student alone) is trained even when classify.methods lacks it
+        for run in [*sweep_point_runs(config, common, sweep), *sweep_reference_runs(config, common, sweep)]:
             runs.setdefault(run["run"], run)
     return runs
 
@@ -144,7 +143,7 @@ def _student(common: dict, c: dict, pair: dict, method: str, seed: int, sweep: d
         run.update(teacher=pair["teacher"], teacher_run=teacher_run(pair["teacher"], seed))
     suffix = ""
     if sweep is not None:
-        if sweep["key"] == "train_subset":
+        if sweep["key"] == TRANSFER_SET:
             own = run["train_subset"] == value
             run["train_subset"] = value
         else:
@@ -189,30 +188,29 @@ def sweeps(config: dict) -> dict[str, dict]:
             lines = [method]
         reference = [] if method is None or method == methods.BASELINE else [methods.BASELINE]
         out[name] = {"name": name, "setting": setting, "method": method, "key": key, "values": list(entry["values"]),
-                     "lines": lines, "reference": reference, "word": SWEEP_WORDS.get(key, key),
-                     "log_x": key == TRANSFER_SET}
+                     "lines": lines, "reference": reference, "word": SWEEP_WORDS.get(key, key)}
     return out
 
 
 def sweep_point_runs(config: dict, common: dict, sweep: dict) -> list[dict]:
     """Every run a sweep draws a point from, for every pair and seed of the config."""
-    c = config["classify"]
+    c, pairs = config["classify"], classify_pairs(config)
     return [_student(common, c, pair, method, seed, sweep, value)
-            for seed in c["seeds"] for pair in classify_pairs(config)
-            for method in sweep["lines"] for value in sweep["values"]]
+            for seed in c["seeds"] for pair in pairs for method in sweep["lines"] for value in sweep["values"]]
+
+
+def sweep_reference_runs(config: dict, common: dict, sweep: dict) -> list[dict]:
+    """The runs of a sweep's reference (the config's own runs of the student alone), every pair and seed."""
+    c, pairs = config["classify"], classify_pairs(config)
+    return [_student(common, c, pair, m, seed) for seed in c["seeds"] for pair in pairs for m in sweep["reference"]]
 
 
 def sweep_runs(config: dict) -> dict[str, dict[str, list[str]]]:
     """Per sweep, the run names of its points and of its reference (each name once, in plan order)."""
-    c = config["classify"]
-    common = {"family": "classify", "device": config["device"]}
-    out = {}
-    for name, sweep in sweeps(config).items():
-        points = [run["run"] for run in sweep_point_runs(config, common, sweep)]
-        reference = [_student(common, c, pair, m, seed)["run"] for seed in c["seeds"]
-                     for pair in classify_pairs(config) for m in sweep["reference"]]
-        out[name] = {"points": list(dict.fromkeys(points)), "reference": list(dict.fromkeys(reference))}
-    return out
+    common = {"family": "classify", "device": config["device"]}  # names only: the rest of a run config is not read
+    return {name: {part: list(dict.fromkeys(run["run"] for run in runs(config, common, sweep)))
+                   for part, runs in (("points", sweep_point_runs), ("reference", sweep_reference_runs))}
+            for name, sweep in sweeps(config).items()}
 
 
 def self_distill_run(method: str, arch: str, seed: int) -> str:

@@ -133,7 +133,6 @@ for _sweep in SWEEPS.values():
         params:
             name=_sweep["name"],
             setting=_sweep["setting"],
-            reference=lambda wc, input: ["--reference", *input.reference] if input.reference else [],
         log:
             plan.log_path(f"tables_sweep_{_sweep['name']}"),
         benchmark:
@@ -145,7 +144,7 @@ for _sweep in SWEEPS.values():
             **RESOURCES["report"],
         shell:
             "kdpipe tables-sweep --name {params.name:q} --setting {params.setting:q} --metrics {input.points:q} "
-            "{params.reference:q} --out {output:q} > {log:q} 2>&1"
+            "--reference {input.reference:q} --out {output:q} > {log:q} 2>&1"
 
     rule:
         name:
