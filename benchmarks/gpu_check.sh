@@ -51,7 +51,9 @@ step() {  # step NAME LIMIT COMMAND...: run under a limit, show and keep its out
 
 step env 20 bash -c 'date -u; nvidia-smi 2>&1 || echo "nvidia-smi: not available";
     python -u benchmarks/check_summary.py env "$0"' "$SUMMARY"
-step pytest 210 python -u -m pytest -q -p no:cacheprovider -p check_summary -rs tests/test_gpu.py -k "not benchmarks"
+# One process on the one GPU: pyproject's addopts (pytest-xdist workers, not installed there) dropped.
+step pytest 210 python -u -m pytest -q -o addopts= -p no:xdist -p no:cacheprovider -p check_summary -rs \
+    tests/test_gpu.py -k "not benchmarks"
 step gpu_throughput 140 python -u benchmarks/gpu_throughput.py "${THROUGHPUT_ARGS[@]}" --summary "$SUMMARY"
 step paper_cost 80 python -u benchmarks/paper_cost.py "${COST_ARGS[@]}" --summary "$SUMMARY"
 

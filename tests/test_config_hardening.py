@@ -7,7 +7,6 @@ the wiring is what matters (a temporary copy of the workflow, nothing written to
 
 import json
 import os
-import resource
 import shlex
 import subprocess
 import sys
@@ -141,18 +140,27 @@ def test_snakemake_refuses_before_validating(workdir, case):
     assert not (workdir / "results").exists() and not (workdir / "data").exists()
 
 
+# Runs a command (argv[2:]) and writes the peak resident memory, in KiB, of it and its children to
+# argv[1]: measured in a process of its own, so no other process the tests started counts.
+MEASURED = (
+    "import resource, subprocess, sys; rc = subprocess.run(sys.argv[2:]).returncode; "
+    "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)); sys.exit(rc)"
+)
+
+
 @pytest.mark.parametrize("case", sorted(REAL_RUN_OVERLAYS))
 def test_kdpipe_dvc_yaml_refuses_on_one_line(tmp_path, case):
     text, words = REAL_RUN_OVERLAYS[case]
     overlay = tmp_path / "overlay.yaml"
     overlay.write_text(text)
     out = tmp_path / "dvc.yaml"
+    peak = tmp_path / "peak_kib"
     started = time.monotonic()
-    proc = subprocess.run(["kdpipe", "dvc-yaml", "--configfile", str(overlay), "--out", str(out)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-c", MEASURED, str(peak), "kdpipe", "dvc-yaml", "--configfile", str(overlay),
+                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert time.monotonic() - started < 30
-    # Of every child process so far (snakemake loads included): far below the 2 GB a bomb takes.
-    assert resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss < 1024 * 1024
+    # The command's own peak memory (its child processes included): far below the 2 GB a bomb takes.
+    assert int(peak.read_text()) < 1024 * 1024
     assert proc.returncode != 0 and proc.stdout == ""
     assert proc.stderr.startswith(f"kdpipe: config.yaml + {overlay}: ")
     assert words in proc.stderr and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr

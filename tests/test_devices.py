@@ -18,7 +18,9 @@ from kdpipe import devices
 from kdpipe.devices import SIMULATED_ENV, claim_gpu, placement, visible_gpu_ids
 
 # A worker runs rounds; in each it signals readiness, waits for that round's "go", sets the
-# simulated GPU ids, claims one with placement("cuda"), holds it and records the interval.
+# simulated GPU ids, claims one with placement("cuda"), holds it and records the interval: for
+# `hold` seconds, or with `together` until that many workers hold one (four GPUs for four workers:
+# a worker slowed down by a busy machine must not find a GPU already given back).
 # One set of processes serves every round, so torch is imported once per process.
 WORKER = textwrap.dedent(
     """
@@ -33,7 +35,12 @@ WORKER = textwrap.dedent(
         os.environ["KDPIPE_SIMULATED_GPUS"] = spec["simulated"]
         with placement("cuda", lock_dir=spec["lock_dir"]) as p:
             start = time.time()
-            time.sleep(spec["hold"])
+            (work / f"held-{r}-{name}").touch()
+            if spec.get("together"):  # hold until every worker holds one (at most a minute), however slow the machine
+                while len(list(work.glob(f"held-{r}-*"))) < spec["together"] and time.time() < start + 60:
+                    time.sleep(0.01)
+            else:
+                time.sleep(spec["hold"])
             end = time.time()
         (work / f"result-{r}-{name}.json").write_text(json.dumps(
             {"gpu_id": p.gpu_id, "name": p.name, "device": str(p.device), "start": start, "end": end}))
@@ -71,7 +78,7 @@ def _wait_for(predicate, timeout: float, what: str):
 
 
 COUNT = 4
-ROUNDS = {"four_ids": {"simulated": "0,1,2,3", "hold": 1.0}, "two_ids": {"simulated": "0,1", "hold": 0.6}}
+ROUNDS = {"four_ids": {"simulated": "0,1,2,3", "together": COUNT}, "two_ids": {"simulated": "0,1", "hold": 0.6}}
 
 
 @pytest.fixture(scope="module")

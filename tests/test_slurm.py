@@ -1,10 +1,11 @@
 """The pipeline on a real SLURM cluster, through profiles/slurm.
 
 A one-node cluster (tests/slurm_cluster.py) runs on this machine for the module. The tiny preset
-(presets/tiny.yaml over the demo: every job the demo has, one seed, short) goes through the profile
-to results/report.pdf with every job a SLURM job, while one training job is cancelled with scancel
-half-way and resumes from its checkpoint when Snakemake resubmits it; a job that fails inside
-SLURM fails the run and its log is shown.
+(presets/tiny.yaml over the demo: every family and variant, one seed, short; here without its
+sweeps and with two methods, as a sweep point or a method is one more job of a rule that runs
+anyway) goes through the profile to results/report.pdf with every job a SLURM job, while one
+training job is cancelled with scancel half-way and resumes from its checkpoint when Snakemake
+resubmits it; a job that fails inside SLURM fails the run and its log is shown.
 
 The profile is used as it is, plus what this test cluster lacks (TEST_OVERRIDES, written to a
 profile of its own beside it): it has a few CPUs and no GPUs, no accounts and no accounting storage.
@@ -32,8 +33,9 @@ pytestmark = pytest.mark.pipeline
 
 DEMO = ["--configfile", "presets/demo.yaml"]
 # The tiny preset, but the self-distillation job trains longer (10 epochs of about a second each):
-# long enough to be cancelled half-way.
-CANCELLABLE = {"self_distill": {"train_subset": 500, "train": {"epochs": 10, "lr_milestones": [8]}}}
+# long enough to be cancelled half-way. No sweeps and two methods: 21 SLURM jobs, not 29.
+CANCELLABLE = {"self_distill": {"train_subset": 500, "train": {"epochs": 10, "lr_milestones": [8]}},
+               "classify": {"methods": ["alone", "kd_soft"], "sweeps": None}}
 TINY = ["--configfile", "presets/demo.yaml", "presets/tiny.yaml", "cancellable.yaml"]
 PROFILE = ["--profile", "profiles/slurm-test"]
 # What the test cluster differs in from a real one; everything else comes from profiles/slurm.
