@@ -17,29 +17,34 @@ SESSION_BUILDS = ("built_tiny", "built_demo")
 LONG_GROUPS = (*SESSION_BUILDS, "test_slurm")
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
-def pytest_collection_modifyitems(config, items):
+def _group(item) -> str:
+    builds = [name for name in SESSION_BUILDS if name in item.fixturenames]
+    return builds[0] if builds else item.module.__name__
+
+
+def pytest_itemcollected(item):
     """How pytest-xdist (``-n``, ``--dist loadgroup``: pyproject.toml) shares the suite between workers.
 
     A worker takes a group whole. A module is one group, so a module-scoped fixture (a SLURM cluster,
     a trained run) is made once; the tests that read a session build (built_tiny: DVC, stale results,
-    sweeps) are one group, so it is built once. The long groups go first, then the other modules that
-    run Snakemake builds, then the unit tests, which fill the gaps: no long group is left to run
-    alone at the end.
+    sweeps) are one group, so it is built once. Marked as each test is collected, before any
+    pytest_collection_modifyitems: pytest-xdist reads the marks in its own, and the order of that
+    hook's implementations differs between pytest releases.
     """
-    def group(item):
-        builds = [name for name in SESSION_BUILDS if name in item.fixturenames]
-        return builds[0] if builds else item.module.__name__
+    item.add_marker(pytest.mark.xdist_group(_group(item)))
+
+
+def pytest_collection_modifyitems(config, items):
+    """The long groups go first, then the other modules that run Snakemake builds, then the unit
+    tests, which fill the gaps: no long group is left to run alone at the end."""
+    pipeline_groups = {_group(item) for item in items if item.get_closest_marker("pipeline")}
 
     def rank(name):
         if name in LONG_GROUPS:
             return LONG_GROUPS.index(name)
         return len(LONG_GROUPS) + (0 if name in pipeline_groups else 1)
 
-    pipeline_groups = {group(item) for item in items if item.get_closest_marker("pipeline")}
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(group(item)))
-    items.sort(key=lambda item: rank(group(item)))  # stable: collection order within a rank
+    items.sort(key=lambda item: rank(_group(item)))  # stable: collection order within a rank
 
 
 @pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: unknown where it is not installed (GPU machines)

@@ -73,6 +73,17 @@ def _ours(path: Path) -> bool:
     return path.is_symlink() and Path(os.readlink(path)).parent.name.startswith(ROOT_PREFIX)
 
 
+def _alive(pid_file: Path) -> bool:
+    """Whether the process whose id ``pid_file`` holds is running."""
+    try:
+        os.kill(int(pid_file.read_text().strip()), 0)
+    except PermissionError:  # another user's
+        return True
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -242,6 +253,10 @@ def start_cluster(root: Path | None = None) -> SlurmCluster:
         if SYSTEM_CONF.is_symlink() or SYSTEM_CONF.exists():
             if not _ours(SYSTEM_CONF):
                 raise RuntimeError(f"{SYSTEM_CONF} exists: this machine has a SLURM configuration of its own")
+            other = Path(os.readlink(SYSTEM_CONF)).parent
+            if _alive(other / "run" / "slurmctld.pid"):
+                # Its jobs' srun would read our configuration and ask our slurmctld about their jobs.
+                raise RuntimeError(f"another test cluster is running ({other}): one SLURM test session at a time")
             SYSTEM_CONF.unlink()  # left by a session that was killed
         SYSTEM_CONF.parent.mkdir(parents=True, exist_ok=True)
         SYSTEM_CONF.symlink_to(cluster.conf)
