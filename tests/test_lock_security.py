@@ -203,7 +203,9 @@ def test_another_users_lock_file_still_locks(shared_tmp, monkeypatch, protected_
     os.chmod(locks, 0o1777)
     nobody(f"touch {locks}/gpu-0.lock {locks}/gpu-1.lock")
     before = {n: os.stat(locks / n) for n in ("gpu-0.lock", "gpu-1.lock")}
-    holder = subprocess.Popen([*AS_NOBODY, "flock", "--exclusive", "--close", str(locks / "gpu-0.lock"), "sleep", "30"],
+    # --no-fork: flock becomes the sleep that holds the lock. (Forked, as with --close, the child could
+    # still hold the lock for a moment after flock is killed, on a busy machine, and gpu-0 seem taken.)
+    holder = subprocess.Popen([*AS_NOBODY, "flock", "--exclusive", "--no-fork", str(locks / "gpu-0.lock"), "sleep", "30"],
                               cwd="/")
     try:
         probe = os.open(locks / "gpu-0.lock", os.O_RDONLY)
