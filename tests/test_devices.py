@@ -19,7 +19,7 @@ from kdpipe.devices import SIMULATED_ENV, claim_gpu, placement, visible_gpu_ids
 
 # A worker runs rounds; in each it signals readiness, waits for that round's "go", sets the
 # simulated GPU ids, claims one with placement("cuda"), holds it and records the interval: for
-# `hold` seconds, or with `together` until that many workers hold one (four GPUs for four workers:
+# `hold` seconds, or with `together` until every worker holds one (four GPUs for four workers:
 # a worker slowed down by a busy machine must not find a GPU already given back).
 # One set of processes serves every round, so torch is imported once per process.
 WORKER = textwrap.dedent(
@@ -37,7 +37,7 @@ WORKER = textwrap.dedent(
             start = time.time()
             (work / f"held-{r}-{name}").touch()
             if spec.get("together"):  # hold until every worker holds one (at most a minute), however slow the machine
-                while len(list(work.glob(f"held-{r}-*"))) < spec["together"] and time.time() < start + 60:
+                while len(list(work.glob(f"held-{r}-*"))) < spec["workers"] and time.time() < start + 60:
                     time.sleep(0.01)
             else:
                 time.sleep(spec["hold"])
@@ -78,7 +78,7 @@ def _wait_for(predicate, timeout: float, what: str):
 
 
 COUNT = 4
-ROUNDS = {"four_ids": {"simulated": "0,1,2,3", "together": COUNT}, "two_ids": {"simulated": "0,1", "hold": 0.6}}
+ROUNDS = {"four_ids": {"simulated": "0,1,2,3", "together": True}, "two_ids": {"simulated": "0,1", "hold": 0.6}}
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +87,7 @@ def concurrent_claims(tmp_path_factory) -> dict[str, list[dict]]:
     base = tmp_path_factory.mktemp("claims")
     work = base / "work"
     work.mkdir()
-    rounds = [{**spec, "lock_dir": str(base / f"locks-{key}")} for key, spec in ROUNDS.items()]
+    rounds = [{**spec, "lock_dir": str(base / f"locks-{key}"), "workers": COUNT} for key, spec in ROUNDS.items()]
     procs = [
         subprocess.Popen([sys.executable, "-c", WORKER, str(work), str(i), json.dumps(rounds)],
                          env=_env(None), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
