@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from config_check import DEMO, SCHEMA, refusal
+from config_check import BASE, DEMO, SCHEMA, refusal
 from kdpipe import config_checks
 from kdpipe.data import sources, synthetic
 from kdpipe.training.classify import stratified_subset
@@ -109,6 +109,34 @@ def test_config_checks_refuse_what_the_schema_cannot_see(case):
 @pytest.mark.parametrize("case", sorted(ACCEPTED))
 def test_config_checks_accept_what_can_run(case):
     assert refusal(*ACCEPTED[case]) is None
+
+
+def test_a_pair_attention_transfer_cannot_pool_stops_before_any_job(monkeypatch):
+    """Attention transfer pools a stage's larger map by an integer factor only: a student whose
+    registered maps are 24, 12, 6 a side against a teacher's 32, 16, 8 is refused by the config
+    check, naming the pair, the method and the stage; the same pair without AT runs, and so does a
+    student at 16, 8, 4 (pooled by 2)."""
+    from dataclasses import replace
+
+    from kdpipe import architectures
+
+    def toy(name, sides):
+        entry = replace(architectures.get("resnet8"), name=name,
+                        stage_shapes=tuple((c, s, s) for c, s in zip((16, 32, 64), sides)))
+        monkeypatch.setitem(architectures.ARCHITECTURES, name, entry)
+
+    toy("odd8", (24, 12, 6))
+    toy("half8", (16, 8, 4))
+    pairs = [PAIR, {"teacher": "resnet56", "student": "odd8"}]
+    message = refusal({"classify": {"pairs": pairs}})
+    assert message == (
+        "Error in the config: classify.pairs[1]: method 'at' cannot pair teacher resnet56 with student odd8: "
+        "stage 1 maps are 24x24 (student) and 32x32 (teacher), and attention transfer pools the larger by an "
+        "integer factor only (stage shapes from kdpipe.architectures, 32x32 images); drop this pair from "
+        "classify.pairs or at from classify.methods")
+    without_at = [m for m in BASE["classify"]["methods"] if m != "at"]
+    assert refusal({"classify": {"pairs": pairs, "methods": without_at}}) is None
+    assert refusal({"classify": {"pairs": [PAIR, {"teacher": "resnet56", "student": "half8"}]}}) is None
 
 
 @pytest.mark.parametrize("overlays", [[], [DEMO]], ids=["config.yaml", "demo"])

@@ -3,8 +3,6 @@ the committed pages match what it writes, and README's test command is the one C
 
 import dataclasses
 import re
-import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -63,22 +61,24 @@ def test_render_rewrites_only_between_the_markers(tmp_path, toy_method):
 
 
 def test_architectures_table_from_the_registry(monkeypatch):
-    # kdpipe.architectures' interface: ARCHITECTURES, name -> entry with these fields.
-    Arch = types.SimpleNamespace
-    fake = types.ModuleType("kdpipe.architectures")
-    fake.ARCHITECTURES = {
-        "wrn_16_2": Arch(name="wrn_16_2", description="WideResNet, depth 16, widen factor 2", stages=(32, 64, 128),
-                         params_cifar100=703_284, epoch_s=3.5, references={"alone": 73.26, "teacher": None},
-                         reference_source="RepDistiller README"),
-        "tiny_net": Arch(name="tiny_net", description="a toy", stages=3, params_cifar100=12_345, epoch_s=None,
-                         references={}, reference_source=""),
-    }
-    monkeypatch.setitem(sys.modules, "kdpipe.architectures", fake)
+    """One row per entry, in registry order: a published number with its source and epoch
+    convention, a missing epoch time or number as a dash."""
+    from dataclasses import replace
+
+    from kdpipe import architectures
+
+    wrn = architectures.get("wrn_16_2")
+    toy = replace(architectures.get("resnet8"), name="tiny_net", description="a toy", stages="after each stage",
+                  stage_shapes=((8, 16, 16), (8, 8, 8), (8, 4, 4)), params_cifar100=12_345, epoch_s=None,
+                  references={}, reference_source="", reference_epoch="")
+    monkeypatch.setattr(architectures, "ARCHITECTURES", {"wrn_16_2": replace(wrn, epoch_s=3.5), "tiny_net": toy})
     lines = docs_tables.architectures_table().splitlines()
-    assert lines[0].startswith("| architecture | description | stage outputs |")
-    assert lines[2] == ("| `wrn_16_2` | WideResNet, depth 16, widen factor 2 | 32, 64, 128 | 0.70 M | 3.5 | alone 73.26 "
-                        "| RepDistiller README |")
-    assert lines[3] == "| `tiny_net` | a toy | 3 | 12.3 k | – | – | – |"
+    assert lines[0] == ("| architecture | description | stage outputs | stage shapes (32×32 image) | "
+                        "parameters (CIFAR-100) | expected epoch (s) | published CIFAR-100 top-1 % | source |")
+    assert lines[2] == (f"| `wrn_16_2` | {wrn.description} | {wrn.stages} | 32×32×32, 64×16×16, 128×8×8 | 0.70 M | "
+                        "3.5 | alone 73.26 | RepDistiller README (CIFAR-100, top-1 %, 240 epochs); epoch: not stated |")
+    assert lines[3] == "| `tiny_net` | a toy | after each stage | 8×16×16, 8×8×8, 8×4×4 | 12.3 k | – | – | – |"
+    assert len(lines) == 4
 
 
 def test_cli_check_names_the_stale_page_and_docs_fixes_it(tmp_path, monkeypatch, capsys):

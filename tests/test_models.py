@@ -83,6 +83,16 @@ def test_output_shape(arch):
 
 
 @pytest.mark.parametrize("arch", NAMES)
+def test_built_model_has_the_registered_stage_shapes(arch):
+    """The config check pairs architectures by their registered stage shapes (no model is built
+    then): they must be what the model gives on a 32 x 32 image."""
+    model = build_model(arch, num_classes=100).eval()
+    with torch.no_grad():
+        _, features = model(torch.zeros(1, 3, 32, 32), features=True)
+    assert tuple(tuple(f.shape[1:]) for f in features) == ARCHITECTURES[arch].stage_shapes
+
+
+@pytest.mark.parametrize("arch", NAMES)
 def test_built_model_has_the_registered_parameter_count(arch):
     assert count_parameters(build_model(arch, 100)) == ARCHITECTURES[arch].params_cifar100
 

@@ -2,7 +2,7 @@
 (``$defs/arch``), the schedule, the tables and the docs read.
 
 An architecture is one ``Architecture`` entry: its name (the word in configs and run names), a
-one-line description, its constructor, the rule its stage outputs follow, its parameter count on
+one-line description, its constructor, the rule its stage outputs follow and their shapes, its parameter count on
 CIFAR-100 (a test builds it and compares), its expected seconds per epoch (kdpipe.schedule orders
 jobs by it; a config naming an architecture without one is refused) and its published CIFAR-100
 top-1 by role, alone as a student or as a teacher. Adding one is its entry here, its module under
@@ -33,6 +33,9 @@ class Architecture:
     description: str  # one line
     build: Callable  # build(num_classes) -> nn.Module, honouring the contract above
     stages: str  # the rule its three stage outputs follow, one line
+    # (channels, height, width) of its three stage outputs on a 32 x 32 CIFAR image (a test builds it
+    # and compares): the config check pairs architectures by them before any job starts.
+    stage_shapes: tuple[tuple[int, int, int], ...]
     params_cifar100: int  # parameter count with 100 classes (checked against the built model)
     # Expected seconds per epoch of 50,000 CIFAR images on one H200, eager fp32 (kdpipe.schedule);
     # None: not known, and a config that trains it is refused until it is given.
@@ -66,12 +69,17 @@ REPDISTILLER = "RepDistiller README (CIFAR-100, top-1 %, 240 epochs)"
 REPDISTILLER_EPOCH = "not stated"
 
 
+def _shapes(channels) -> tuple[tuple[int, int, int], ...]:
+    # Three stages at strides 1, 2, 2 on a 32 x 32 image: maps of 32, 16 and 8 positions a side.
+    return tuple((c, size, size) for c, size in zip(channels, (32, 16, 8)))
+
+
 def _resnet(depth: int, filters: list[int], params: int, epoch_s: float, references=None) -> Architecture:
     name = f"resnet{depth}" + ("x4" if filters == WIDE else "")
     width = ", channels x4 (32, 64, 128, 256)" if filters == WIDE else ""
     return Architecture(
         name, f"CIFAR ResNet, depth {depth}{width} (RepDistiller's resnet.py)",
-        partial(_cifar_resnet, depth, filters), RESNET_STAGES, params, epoch_s,
+        partial(_cifar_resnet, depth, filters), RESNET_STAGES, _shapes(filters[1:]), params, epoch_s,
         references or {}, REPDISTILLER if references else "", REPDISTILLER_EPOCH if references else "")
 
 
@@ -93,10 +101,10 @@ ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in [
     # of layers, not FLOPs (resnet32x4 has 8.6x resnet56's FLOPs and takes 0.6x its time): a fit of
     # the four measured ResNets, 2.17 s + 0.219 s per layer of depth, gives these.
     Architecture("wrn_40_2", "WideResNet, depth 40, widen factor 2 (RepDistiller's wrn.py)",
-                 partial(_wide_resnet, 40, 2), WRN_STAGES, 2_255_156, 10.9,
+                 partial(_wide_resnet, 40, 2), WRN_STAGES, _shapes((32, 64, 128)), 2_255_156, 10.9,
                  {"teacher": 75.61}, REPDISTILLER, REPDISTILLER_EPOCH),
     Architecture("wrn_16_2", "WideResNet, depth 16, widen factor 2 (RepDistiller's wrn.py)",
-                 partial(_wide_resnet, 16, 2), WRN_STAGES, 703_284, 5.7,
+                 partial(_wide_resnet, 16, 2), WRN_STAGES, _shapes((32, 64, 128)), 703_284, 5.7,
                  {"alone": 73.26}, REPDISTILLER, REPDISTILLER_EPOCH),
 ]}
 

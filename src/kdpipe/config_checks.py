@@ -195,6 +195,26 @@ def run_names_are_safe(config: dict) -> None:
                 )
 
 
+def methods_can_pair(config: dict) -> None:
+    """A method that needs matching feature maps (``Method.check_pair``: attention transfer pools by an
+    integer factor only) is asked about every pair's registered stage shapes here, so an impossible
+    pair stops the run before its teacher trains, not when its student starts."""
+    c = config["classify"]
+    for i, pair in enumerate(c["pairs"]):
+        student, teacher = architectures.get(pair["student"]), architectures.get(pair["teacher"])
+        for method in c["methods"]:
+            spec = methods.get(method)
+            if spec.check_pair is None:
+                continue
+            params = methods.resolve_params(method, c.get("method_params"), pair.get("method_params"))
+            problem = spec.check_pair(student.stage_shapes, teacher.stage_shapes, params)
+            if problem:
+                raise ConfigError(
+                    f"classify.pairs[{i}]: method {method!r} cannot pair teacher {teacher.name} with student "
+                    f"{student.name}: {problem} (stage shapes from kdpipe.architectures, 32x32 images); "
+                    f"drop this pair from classify.pairs or {method} from classify.methods")
+
+
 def architectures_have_epoch_times(config: dict) -> None:
     """The schedule orders jobs by each architecture's expected epoch time: one the registry does not
     know would be guessed, so it is refused here rather than given another architecture's time."""
@@ -296,6 +316,7 @@ CHECKS = [
     some_method_learns_from_the_teacher,
     run_names_are_safe,
     published_teachers_are_provided,
+    methods_can_pair,
     architectures_have_epoch_times,
     self_distill_has_epoch_times,
 ]

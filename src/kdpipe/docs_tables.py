@@ -11,7 +11,6 @@ tests/test_docs.py) fails when a committed page differs, so a new method or arch
 leave a stale table behind. This module reads the registries only: no torch.
 """
 
-import importlib
 import re
 from pathlib import Path
 
@@ -97,30 +96,27 @@ def _range(schema: dict) -> str:
     return ", ".join([kind, *(b for b in bounds if b)])
 
 
-def _params(n) -> str:
-    if n is None:
-        return "–"
+def _params(n: int) -> str:
     return f"{n / 1e6:.2f} M" if n >= 1e5 else f"{n / 1e3:.1f} k"
 
 
-def _stages(stages) -> str:
-    if isinstance(stages, (list, tuple)):
-        return ", ".join(str(s) for s in stages)
-    return "–" if stages is None else str(stages)
+def _shapes(shapes) -> str:
+    return ", ".join("×".join(map(str, s)) for s in shapes)
 
 
 def architectures_table() -> str:
     """One row per registered architecture (kdpipe.architectures.ARCHITECTURES)."""
-    architectures = importlib.import_module("kdpipe.architectures").ARCHITECTURES
+    from kdpipe.architectures import ARCHITECTURES
+
     rows = []
-    for a in architectures.values():
-        refs = a.references or {}
+    for a in ARCHITECTURES.values():
+        refs = a.references
         published = [f"{role} {refs[role]:.2f}" for role in ("alone", "teacher") if refs.get(role) is not None]
-        rows.append([f"`{a.name}`", a.description, _stages(a.stages), _params(a.params_cifar100),
+        rows.append([f"`{a.name}`", a.description, a.stages, _shapes(a.stage_shapes), _params(a.params_cifar100),
                      "–" if a.epoch_s is None else _number(a.epoch_s),
                      ", ".join(published) or "–",
-                     _with_epoch(a.reference_source, getattr(a, "reference_epoch", "")) if published else "–"])
-    return _table(["architecture", "description", "stage outputs", "parameters (CIFAR-100)",
+                     _with_epoch(a.reference_source, a.reference_epoch) if published else "–"])
+    return _table(["architecture", "description", "stage outputs", "stage shapes (32×32 image)", "parameters (CIFAR-100)",
                    "expected epoch (s)", "published CIFAR-100 top-1 %", "source"], rows)
 
 

@@ -8,6 +8,8 @@ distillation term and ``1 - alpha`` the cross-entropy with the true labels.
 import torch
 import torch.nn.functional as F
 
+from kdpipe.feature_maps import pooling_factors  # torch-free: the config check uses it too
+
 Terms = dict[str, torch.Tensor]
 
 
@@ -217,25 +219,12 @@ def fitnet(
     return ce + beta * hint, {"ce": ce, "hint": hint}
 
 
-def pooling_factors(size_a: tuple[int, ...], size_b: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
-    """Integer average-pooling kernels (one per spatial dim) that bring maps of these spatial sizes to
-    the smaller of each dim; None when a larger size is not a multiple of the smaller one."""
-    kernels_a, kernels_b = [], []
-    for a, b in zip(size_a, size_b):
-        small = min(a, b)
-        if a % small or b % small:
-            return None
-        kernels_a.append(a // small)
-        kernels_b.append(b // small)
-    return tuple(kernels_a), tuple(kernels_b)
-
-
 def pool_to_match(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Two (N, C, H, W) maps average-pooled to the same H, W with kernel = stride = the size ratio.
 
     Where the sizes divide, this is what adaptive pooling gives, but its backward has a deterministic
     CUDA kernel (adaptive pooling's has none). Sizes that do not divide are refused; the classifier
-    family refuses such a pair when it is built (``Method.check_pair``).
+    config check refuses such a pair before any job starts (``Method.check_pair``).
     """
     factors = pooling_factors(tuple(a.shape[2:]), tuple(b.shape[2:]))
     if factors is None:

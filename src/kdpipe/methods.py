@@ -20,6 +20,8 @@ seed, and every method that ``needs_teacher`` learns from it.
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from kdpipe.feature_maps import pooling_factors
+
 
 @dataclass(frozen=True)
 class Param:
@@ -68,7 +70,9 @@ class Method:
     # every entry's claim on real losses at several epochs (tests/test_capturable.py).
     epoch_key: Callable[[int, dict], Any] | None = None
     # (student shapes, teacher shapes, params) -> None, or why this teacher and student cannot be
-    # paired by this method; the classifier family asks when it is built, before any training.
+    # paired by this method; each shape a stage's (channels, height, width). Torch-free: the config
+    # check asks it of the registered shapes (kdpipe.architectures) before any job starts, and the
+    # classifier family asks again of the built models' maps.
     check_pair: Callable | None = None
     references: dict = field(default_factory=dict)  # (teacher, student) -> published CIFAR-100 top-1 %
     reference_source: str = ""
@@ -105,7 +109,7 @@ def epoch_independent(epoch: int, params: dict) -> None:
 
 def _attention_pair(student_shapes, teacher_shapes, params):
     for i, (s, t) in enumerate(zip(student_shapes, teacher_shapes), start=1):
-        if _losses().pooling_factors(s[1:], t[1:]) is None:
+        if pooling_factors(s[1:], t[1:]) is None:
             return (f"stage {i} maps are {'x'.join(map(str, s[1:]))} (student) and {'x'.join(map(str, t[1:]))} "
                     "(teacher), and attention transfer pools the larger by an integer factor only")
     return None
