@@ -13,8 +13,8 @@ def write_stub_tables(tables: Path) -> None:
     tables.mkdir(parents=True, exist_ok=True)
     for name in ("kd_summary", "self_distill_summary", "autoencoder_summary", "kd_runs", "self_distill_runs",
                  "autoencoder_runs"):
-        pd.DataFrame({"git_commit": ["abc"], "device": ["cpu"], "host": ["h"]}).to_csv(tables / f"{name}.csv",
-                                                                                       index=False)
+        pd.DataFrame({"git_commit": ["abc"], "device": ["cpu"], "host": ["h"], "method": ["alone"]}).to_csv(
+            tables / f"{name}.csv", index=False)
     pd.DataFrame({"wall_s": [60.0], "cpu_s": [30.0]}).to_csv(tables / "jobs.csv", index=False)
     pd.DataFrame({"entry": []}).to_csv(tables / "reproduction.csv", index=False)
 

@@ -181,7 +181,7 @@ def test_methods_table_and_first_page_show_the_cost(tmp_path):
     assert jobs["cost_h"].sum() == pytest.approx(1 + 2 + 8 * 0.5)
     jobs = pd.read_csv(tmp_path / "jobs.csv")
     with PdfPages(tmp_path / "first.pdf") as pdf:
-        title_page(pdf, "tiny", runs, jobs)
+        title_page(pdf, "tiny", runs, jobs, ["alone", "kd_soft"])
     text = " ".join(PdfReader(tmp_path / "first.pdf").pages[0].extract_text().split())
     # 1 + 2 teacher hours + 8 students × half an hour = 7 GPU-hours on the H100
     assert ("Training the 10 runs of this report cost 7 GPU-hours (7 on NVIDIA H100), read from each job's "

@@ -43,6 +43,7 @@ def test_report_holds_the_kd_table(demo):
             assert diff in rows[0], row["entry"]
     flat = " ".join(text.split())
     assert "preset: demo" in text
+    assert "1. Knowledge distillation: every registered method (" + ", ".join(m.label for m in methods.METHODS.values()) in flat
     assert "Result (best epoch, paired over seeds)" in flat and "With 2 seeds that is weak evidence" in flat
     assert "A. Appendix: jobs" in text
 

@@ -206,6 +206,20 @@ def _pdf_text(path) -> str:
     return " ".join("\n".join(p.extract_text() for p in PdfReader(path).pages).split())
 
 
+def test_contents_name_the_methods_the_report_shows():
+    """The title page lists the methods of section 1 in registry order, as many as the preset ran."""
+    from kdpipe import methods
+    from kdpipe.report.build import contents
+
+    few = contents(["kd_hard", "teacher", "alone"]).splitlines()[1]
+    assert few.startswith(f"1. Knowledge distillation: 2 of the {len(methods.METHODS)} registered methods "
+                          "(student alone, KD hard) × every teacher→student pair")
+    every = contents(list(methods.METHODS), ["temperature"]).splitlines()
+    labels = ", ".join(m.label for m in methods.METHODS.values())
+    assert every[1].startswith(f"1. Knowledge distillation: every registered method ({labels}) ×")
+    assert every[2].startswith("1s. Sweeps (temperature)") and every[3].startswith("2. Self-distillation")
+
+
 def test_report_builds_with_one_sweep(temperature, tmp_path, monkeypatch):
     from kdpipe.cli import main
 

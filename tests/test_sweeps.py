@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from config_check import DEMO, ROOT, SCHEMA, merged, refusal
-from kdpipe import plan
+from kdpipe import methods, plan
 from kdpipe.config_schema import validate_config
 
 TINY = yaml.safe_load((ROOT / "presets" / "tiny.yaml").read_text())
@@ -191,3 +191,6 @@ def test_the_tiny_build_holds_each_sweeps_table_chart_and_report_section(built_t
         assert (built_tiny / "results" / "figures" / f"sweep_{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = " ".join(" ".join(page.extract_text() for page in PdfReader(built_tiny / "results" / "report.pdf").pages).split())
     assert "Sweep: temperature (kd_soft.temperature)" in text and "Sweep: transfer_set (train_subset)" in text
+    # the contents name the three methods tiny runs, not every registered one
+    registered = len(methods.METHODS)
+    assert f"1. Knowledge distillation: 3 of the {registered} registered methods (student alone, KD soft, KD hard) ×" in text

@@ -23,10 +23,8 @@ from kdpipe.tables.cost import cost_sentence
 
 CONTENTS = (
     "Contents\n"
-    "1. Knowledge distillation: every registered method ("
-    + ", ".join(m.label for m in methods.METHODS.values())
-    + ") × every teacher→student pair, read against the student trained alone, with the published numbers "
-    "beside ours as references.\n"
+    "1. Knowledge distillation: {methods} × every teacher→student pair, read against the student trained "
+    "alone, with the published numbers beside ours as references.\n"
     "2. Self-distillation (Be Your Own Teacher): a multi-exit network whose deepest exit teaches its shallower "
     "exits, against the same network trained on its last exit only.\n"
     "3. Two Cityscapes autoencoders (photo→label map, label map→photo) teaching each other through matched "
@@ -38,17 +36,23 @@ CONTENTS = (
 )
 
 
-def contents(sweeps=()) -> str:
-    """The title page's contents; sweeps, when any, follow section 1 as the report does."""
+def contents(methods_shown, sweeps=()) -> str:
+    """The title page's contents: the methods section 1 shows (names, in registry order: the
+    preset's, which may be fewer than the registry holds); sweeps, when any, follow section 1 as the
+    report does."""
+    shown = [m.label for name, m in methods.METHODS.items() if name in set(methods_shown)]
+    listed = ("every registered method" if len(shown) == len(methods.METHODS) else
+              f"{len(shown)} of the {len(methods.METHODS)} registered methods")
+    text = CONTENTS.format(methods=f"{listed} ({', '.join(shown)})")
     if not sweeps:
-        return CONTENTS
-    first, rest = CONTENTS.split("\n2. ", 1)
+        return text
+    first, rest = text.split("\n2. ", 1)
     line = ("1s. Sweeps (" + ", ".join(sweeps) + "): accuracy against one setting's values, each read against "
             "its seeds' spread.")
     return f"{first}\n{line}\n2. {rest}"
 
 
-def title_page(pdf, name: str, runs: pd.DataFrame, jobs: pd.DataFrame, sweeps=()) -> None:
+def title_page(pdf, name: str, runs: pd.DataFrame, jobs: pd.DataFrame, methods_shown, sweeps=()) -> None:
     fig = page()
     fig.text(0.5, 0.88, "kdpipe report", ha="center", fontsize=26, weight="bold")
     fig.text(0.5, 0.84, "Knowledge distillation, rebuilt from raw data", ha="center", fontsize=13)
@@ -73,7 +77,7 @@ def title_page(pdf, name: str, runs: pd.DataFrame, jobs: pd.DataFrame, sweeps=()
             fig.text(0.32, y, line, fontsize=11, va="top")
             y -= 0.022
         y -= 0.008
-    text(fig, y - 0.03, contents(sweeps), size=11, width=80)
+    text(fig, y - 0.03, contents(methods_shown, sweeps), size=11, width=80)
     save(pdf, fig)
 
 
@@ -91,7 +95,7 @@ def build_report(*, out, name: str, tables_dir, figures_dir, sweeps: list[str] =
     # kdpipe created (never reopened by name: a link planted there is not followed), renamed over the
     # report at the end.
     with atomic_file(out, "wb") as fh, PdfPages(fh, metadata={"Title": f"kdpipe report: {name}", "Creator": "kdpipe"}) as pdf:
-        title_page(pdf, name, runs, jobs, sweeps)
+        title_page(pdf, name, runs, jobs, kd_summary["method"].unique(), sweeps)
         kd_section(pdf, kd_summary, figures_dir)
         for table, chart in sweep_inputs:
             sweep_section(pdf, table, chart)
