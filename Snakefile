@@ -1,6 +1,6 @@
 # kdpipe: knowledge-distillation experiments, from raw data to results/report.pdf.
-#   snakemake --cores 8 --resources gpu=2 results/report.pdf
-#   snakemake --cores 2 --configfile presets/demo.yaml results/report.pdf
+#   snakemake results/report.pdf --cores 8 --resources gpu=2
+#   snakemake results/report.pdf --cores 2 --configfile presets/demo.yaml
 from snakemake.utils import min_version
 
 min_version("9.27")  # the tested release: callable `priority:` (rule train)
