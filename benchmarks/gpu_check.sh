@@ -13,7 +13,8 @@
 #   paper_cost      the report's GPU-hours, as many job types as fit        (80 s; --budget 45)
 # Output is unbuffered: every line is on stdout and in $OUT/<step>.txt as soon as it is printed,
 # and $OUT/gpu_check.json (rewritten atomically after each test, measurement and step) keeps
-# whatever finished before a kill. $OUT defaults to ./gpu-check-out. Exit status 1 if a step failed.
+# whatever finished before a kill. $OUT defaults to ./gpu-check-out. Exit status 1 if a step failed,
+# 2 without a CUDA GPU (unless a dry run).
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-check-out}
@@ -27,6 +28,14 @@ export KDPIPE_GPU_CHECK_SUMMARY="$SUMMARY"  # the pytest plugin (benchmarks/chec
 DRY_RUN=${KDPIPE_GPU_CHECK_DRY_RUN:-0}
 KILL_AFTER=5  # seconds after a step's limit before SIGKILL
 status=0
+
+# Without a GPU every CUDA test skips and both benchmarks measure nothing: that is no check, so it
+# stops here (the dry run is the CPU's check of this script).
+if [ "$DRY_RUN" != 1 ] && ! python -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then
+    echo "gpu_check: no CUDA GPU is visible (torch.cuda.is_available() is False), so there is nothing to check;" \
+         "run it on a GPU machine, or KDPIPE_GPU_CHECK_DRY_RUN=1 for the same steps at toy size on the CPU" >&2
+    exit 2
+fi
 
 if [ "$DRY_RUN" = 1 ]; then
     echo "gpu_check: DRY RUN on the CPU (toy sizes; no figure means anything)"

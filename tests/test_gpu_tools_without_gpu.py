@@ -110,6 +110,19 @@ def test_gpu_check_steps_fit_in_eight_minutes():
     assert int(re.search(r"COST_ARGS=\(.*--budget (\d+)", script).group(1)) < int(limits["paper_cost"]) - 20
 
 
+@no_gpu
+def test_gpu_check_without_a_gpu_stops_instead_of_passing(tmp_path):
+    """Not a dry run and no CUDA GPU: every CUDA test would skip and nothing would be measured, so
+    the check stops at once (exit 2), saying so and what to run instead, and writes no summary."""
+    out = tmp_path / "out"
+    env = {k: v for k, v in _env().items() if k != "KDPIPE_GPU_CHECK_DRY_RUN"}
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh")], env={**env, "OUT": str(out)},
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "gpu_check: no CUDA GPU is visible" in proc.stderr and "KDPIPE_GPU_CHECK_DRY_RUN=1" in proc.stderr
+    assert "passed" not in proc.stdout + proc.stderr and not (out / "gpu_check.json").exists()
+
+
 def test_gpu_check_dry_run_runs_every_stage(tmp_path):
     """KDPIPE_GPU_CHECK_DRY_RUN=1: every step on the CPU at toy size; rows printed as measured, and
     the JSON summary valid and complete."""
