@@ -203,16 +203,12 @@ def methods_can_pair(config: dict) -> None:
     for i, pair in enumerate(c["pairs"]):
         student, teacher = architectures.get(pair["student"]), architectures.get(pair["teacher"])
         for method in c["methods"]:
-            spec = methods.get(method)
-            if spec.check_pair is None:
-                continue
             params = methods.resolve_params(method, c.get("method_params"), pair.get("method_params"))
-            problem = spec.check_pair(student.stage_shapes, teacher.stage_shapes, params)
-            if problem:
-                raise ConfigError(
-                    f"classify.pairs[{i}]: method {method!r} cannot pair teacher {teacher.name} with student "
-                    f"{student.name}: {problem} (stage shapes from kdpipe.architectures, 32x32 images); "
-                    f"drop this pair from classify.pairs or {method} from classify.methods")
+            refusal = methods.pair_refusal(method, teacher.name, student.name, student.stage_shapes,
+                                           teacher.stage_shapes, params,
+                                           shapes_from=" (stage shapes from kdpipe.architectures, 32x32 images)")
+            if refusal:
+                raise ConfigError(f"classify.pairs[{i}]: {refusal}")
 
 
 def architectures_have_epoch_times(config: dict) -> None:

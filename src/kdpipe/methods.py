@@ -242,6 +242,19 @@ def compared_with(method: str) -> list[str]:
     return [BASELINE, *(controls() if get(method).needs_teacher else [])]
 
 
+def pair_refusal(method: str, teacher: str, student: str, student_shapes, teacher_shapes, params: dict,
+                 shapes_from: str = "") -> str | None:
+    """Why ``method`` cannot pair this teacher and student (its ``check_pair`` on their stage shapes),
+    as the one sentence the config check and the job both print, or None when it can. ``shapes_from``
+    says where the shapes came from when they are not the built models' own."""
+    check = get(method).check_pair
+    problem = check(student_shapes, teacher_shapes, params) if check else None
+    if not problem:
+        return None
+    return (f"method {method!r} cannot pair teacher {teacher} with student {student}: {problem}{shapes_from}; "
+            f"drop this pair from classify.pairs or {method} from classify.methods")
+
+
 def score_suffix(student: int) -> str:
     """Evaluation keys of student k (1-based) of a run: top1, top1_s2, top1_s3, ..."""
     return "" if student == 1 else f"_s{student}"

@@ -40,7 +40,8 @@ def contents(methods_shown, sweeps=()) -> str:
     """The title page's contents: the methods section 1 shows (names, in registry order: the
     preset's, which may be fewer than the registry holds); sweeps, when any, follow section 1 as the
     report does."""
-    shown = [m.label for name, m in methods.METHODS.items() if name in set(methods_shown)]
+    methods_shown = set(methods_shown)
+    shown = [m.label for name, m in methods.METHODS.items() if name in methods_shown]
     listed = ("every registered method" if len(shown) == len(methods.METHODS) else
               f"{len(shown)} of the {len(methods.METHODS)} registered methods")
     text = CONTENTS.format(methods=f"{listed} ({', '.join(shown)})")

@@ -204,10 +204,9 @@ def refuse_pair(spec, cfg: dict, student_shapes, teacher_shapes, params: dict) -
     naming the method, both architectures, why, and what to change."""
     from kdpipe.errors import PairError
 
-    problem = spec.check_pair(student_shapes, teacher_shapes, params)
-    if problem:
-        raise PairError(f"method {spec.name!r} cannot pair teacher {cfg.get('teacher')} with student {cfg['arch']}: "
-                        f"{problem}; drop this pair from classify.pairs or {spec.name} from classify.methods")
+    refusal = methods.pair_refusal(spec.name, cfg.get("teacher"), cfg["arch"], student_shapes, teacher_shapes, params)
+    if refusal:
+        raise PairError(refusal)
 
 
 def make_classifier(cfg: dict, train: dict, test: dict, device: torch.device, teacher_path=None):
